@@ -1,0 +1,122 @@
+"""`raytev <command>`: parse the flags into the stage's dataclasses, call the stage, print what it did."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raytev import __version__
+from raytev.args import DataArguments, ModelArguments
+from raytev.errors import RaytevError
+from raytev.flags import parse_options
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command: its words, help line, option dataclasses and the function that runs it."""
+
+    words: tuple[str, ...]
+    help: str
+    options: tuple[type, ...]
+    run: Callable[..., int]
+
+
+def run_data_prepare(data: DataArguments, model: ModelArguments) -> int:
+    """`raytev data prepare`."""
+    from raytev.data.prepare import prepare_data
+
+    prepared = prepare_data(data, model)
+    print(prepared.source.label)
+    for kind, table in (("corpus", prepared.corpus), ("queries", prepared.queries)):
+        if table is None:
+            continue
+        state = "cache hit, reused" if prepared.reused[kind] else "tokenized"
+        print(f"  {kind:<8} {describe_table(table)}  [{state}]\n           {table.path}")
+    reused = sum(prepared.reused.values())
+    verdict = "cache hit: nothing to do" if prepared.all_reused else f"{reused}/{len(prepared.reused)} tables reused"
+    print(f"prepared in {prepared.seconds:.2f} s ({verdict})")
+    return 0
+
+
+def describe_table(table) -> str:
+    """One line of counts for a token table."""
+    manifest = table.manifest
+    if table.kind == "corpus":
+        return (f"{table.rows:,} passages, mean {manifest['mean_tokens']} tokens, "
+                f"{manifest['truncated']:,} cut at {manifest['settings']['passage_max_len']}")
+    text = f"{table.rows:,} queries"
+    if manifest.get("groups"):
+        text += f" with {manifest['positives']:,} positives and {manifest['negatives']:,} negatives"
+    return text + f", mean {manifest['query_mean_tokens']} tokens"
+
+
+def run_data_validate(data: DataArguments) -> int:
+    """`raytev data validate`."""
+    from raytev.data.prepare import validate_data
+
+    report = validate_data(data)
+    parts = []
+    if report.passages is not None:
+        parts.append(f"{report.passages:,} passages")
+    if report.queries is not None:
+        groups = f" with {report.positives:,} positives and {report.negatives:,} negatives" \
+            if report.positives is not None else ""
+        parts.append(f"{report.queries:,} queries{groups}")
+    print(f"{report.source.label}: valid: {', '.join(parts)} ({report.seconds:.2f} s)")
+    return 0
+
+
+COMMANDS = (
+    Command(("data", "prepare"), "validate, tokenize and cache a dataset (reused while its inputs are unchanged)",
+            (DataArguments, ModelArguments), run_data_prepare),
+    Command(("data", "validate"), "check a dataset's files; problems are reported by file, line and field",
+            (DataArguments,), run_data_validate),
+)
+
+
+def top_level_parser() -> argparse.ArgumentParser:
+    """The `raytev` parser: lists the commands; each command parses its own flags."""
+    listing = "\n".join(f"  {' '.join(command.words):<16}{command.help}" for command in COMMANDS)
+    parser = argparse.ArgumentParser(
+        prog="raytev",
+        usage="raytev <command> [flags]   (raytev <command> --help for its flags)",
+        description="Dense retrieval on Ray: Tevatron's train / encode / index / search / evaluate.",
+        epilog=f"commands:\n{listing}\n\nA command also accepts one JSON file holding its flags as keys.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"raytev {__version__}")
+    return parser
+
+
+def find_command(argv: list[str]) -> tuple[Command | None, list[str]]:
+    """The command named by the first words of argv, and the remaining arguments."""
+    for command in sorted(COMMANDS, key=lambda c: -len(c.words)):
+        if tuple(argv[:len(command.words)]) == command.words:
+            return command, argv[len(command.words):]
+    return None, argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `raytev` command; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = find_command(argv)
+    if command is None:
+        parser = top_level_parser()
+        if argv and not argv[0].startswith("-"):
+            parser.print_usage(sys.stderr)
+            print(f"raytev: error: unknown command '{' '.join(argv[:2])}'; see `raytev --help`", file=sys.stderr)
+            return 2
+        parser.parse_args(argv)
+        parser.print_help()
+        return 0
+    try:
+        options = parse_options(command.options, rest, f"raytev {' '.join(command.words)}", command.help)
+        return command.run(*options)
+    except RaytevError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130

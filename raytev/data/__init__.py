@@ -1,0 +1,1 @@
+"""Data formats and validation, readers, the token cache, group sampling, and the Ray Data feed."""

@@ -1,0 +1,70 @@
+"""Batches for the model: each query's group sampled for the epoch, token lists padded to the batch's longest."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raytev.args import DataArguments
+from raytev.data.cache import TokenTable
+from raytev.data.sampling import GroupSampler
+
+
+def pad_token_lists(sequences: Sequence[Sequence[int]], pad_token_id: int, multiple_of: int = 8,
+                    side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) as int64 arrays padded to the longest sequence, rounded up to `multiple_of`."""
+    lengths = np.fromiter((len(sequence) for sequence in sequences), dtype=np.int64, count=len(sequences))
+    longest = int(lengths.max(initial=1))
+    width = -(-longest // multiple_of) * multiple_of
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, (sequence, length) in enumerate(zip(sequences, lengths)):
+        start = 0 if side == "right" else width - length
+        input_ids[row, start:start + length] = sequence
+        attention_mask[row, start:start + length] = 1
+    return input_ids, attention_mask
+
+
+@dataclass(frozen=True)
+class TrainingCollator:
+    """Turns a batch of query rows into model tensors; passages are group-major, each group's positive first.
+
+    Output: query_input_ids / query_attention_mask [B, Lq] and passage_input_ids / passage_attention_mask
+    [B * train_group_size, Lp], so query i's positive is passage row i * train_group_size.
+    """
+
+    sampler: GroupSampler
+    pad_token_id: int
+    epoch: int = 0
+    pad_to_multiple_of: int = 8
+    padding_side: str = "right"
+
+    def for_epoch(self, epoch: int) -> TrainingCollator:
+        """The same collator sampling for another epoch."""
+        return dataclasses.replace(self, epoch=epoch)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch of rows from a prepared queries table."""
+        passages = []
+        for query_id, positives, negatives in zip(batch["query_id"], batch["positive_input_ids"],
+                                                  batch["negative_input_ids"]):
+            passages.extend(self.sampler.sample(str(query_id), positives, negatives, self.epoch))
+        tensors = {}
+        for prefix, sequences in (("query", batch["input_ids"]), ("passage", passages)):
+            input_ids, attention_mask = pad_token_lists(sequences, self.pad_token_id, self.pad_to_multiple_of,
+                                                        self.padding_side)
+            tensors[f"{prefix}_input_ids"] = torch.from_numpy(input_ids)
+            tensors[f"{prefix}_attention_mask"] = torch.from_numpy(attention_mask)
+        return tensors
+
+    @classmethod
+    def for_table(cls, queries: TokenTable, data: DataArguments, epoch: int = 0) -> TrainingCollator:
+        """The collator for a prepared queries table, with the sampling and padding options of `data`."""
+        sampler = GroupSampler(data.train_group_size, data.seed, data.positive_passage_no_shuffle,
+                               data.negative_passage_no_shuffle)
+        return cls(sampler, queries.manifest["settings"]["pad_token_id"], epoch, data.pad_to_multiple_of,
+                   data.padding_side)

@@ -1,0 +1,35 @@
+"""Write a folder under a temporary sibling name and move it into place only once it is complete."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from raytev.errors import RaytevError
+
+
+@contextmanager
+def staged_directory(target: str | Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to fill; on success it replaces `target`, on error it is removed."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise RaytevError(f"cannot save to '{target}': a file of that name exists; choose another output folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        # Move the old folder aside first so the target name always holds a complete folder or none.
+        retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(retired)
+        staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(target)

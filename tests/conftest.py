@@ -1,0 +1,95 @@
+"""Shared fixtures: an offline tiny tokenizer, small datasets on disk, an isolated cache, one local Ray."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import string
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network: the hub libraries fail fast instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+TINY_WORDS = ["what", "is", "a", "cat", "dog", "the", "of", "and", "small", "animal", "barks", "query", "passage"]
+
+
+def write_tiny_tokenizer(directory: Path) -> Path:
+    """Save a WordPiece tokenizer over a small vocabulary (letters as pieces, so every word tokenizes)."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase,
+             *(f"##{letter}" for letter in string.ascii_lowercase), *string.digits, *string.punctuation]
+    directory.mkdir(parents=True, exist_ok=True)
+    # transformers 5 takes the vocabulary itself (a token -> id dict), not a vocab file.
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))},
+                              do_lower_case=True)
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A folder with a tiny BERT tokenizer, built without any download."""
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """Each test gets its own token cache, never the user's."""
+    cache = tmp_path / "raytev-cache"
+    monkeypatch.setenv("RAYTEV_CACHE_DIR", str(cache))
+    return cache
+
+
+def write_jsonl(path: Path, records: list, compress: bool = False) -> Path:
+    """Write records (dicts, or raw strings written as they are) one per line."""
+    lines = [record if isinstance(record, str) else json.dumps(record) for record in records]
+    data = ("\n".join(lines) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def passage(docid: str, text: str, title: str = "") -> dict:
+    """A Tevatron passage object."""
+    return {"docid": docid, "title": title, "text": text}
+
+
+def group(query_id: str, query: str, positives: list[dict], negatives: list[dict], **extra) -> dict:
+    """A Tevatron training group."""
+    return {"query_id": query_id, "query": query, "positive_passages": positives, "negative_passages": negatives,
+            **extra}
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    """A BEIR folder: 12 passages, 4 queries, train and test qrels."""
+    root = tmp_path / "tiny-beir"
+    write_jsonl(root / "corpus.jsonl.gz", [
+        {"_id": f"d{i}", "title": f"title {i}", "text": f"a small animal {i} barks", "metadata": {}}
+        for i in range(12)
+    ], compress=True)
+    write_jsonl(root / "queries.jsonl", [{"_id": f"q{i}", "text": f"what is a cat {i}"} for i in range(4)])
+    (root / "qrels").mkdir()
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq0\td1\t1\nq1\td2\t1\n"
+                                              "q2\td3\t0\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td4\t1\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,88 @@
+"""The `raytev` command: help, flags (Tevatron names and v1 aliases), JSON files, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from raytev.args import DataArguments, ModelArguments
+from raytev.cli import main
+from raytev.errors import RaytevError
+from raytev.flags import parse_options
+from tests.conftest import group, passage, write_jsonl
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--help"])
+    assert exit_code.value.code == 0
+    assert "data prepare" in capsys.readouterr().out
+    assert main([]) == 0 and "data validate" in capsys.readouterr().out
+
+
+def test_the_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "raytev", "data", "prepare", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "--dataset_cache_dir" in result.stdout and "--train_n_passages" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["nonsense"]) == 2
+    assert "unknown command 'nonsense'" in capsys.readouterr().err
+
+
+def test_flags_use_tevatron_names_and_v1_aliases():
+    data, model = parse_options((DataArguments, ModelArguments), [
+        "--train_n_passages", "4", "--q_max_len", "16", "--p_max_len", "64", "--train_dir", "/data",
+        "--split", "dev", "--negative_passage_no_shuffle", "--positive_passage_no_shuffle", "false",
+        "--model_name_or_path", "m"], "raytev x", "")
+    assert (data.train_group_size, data.query_max_len, data.passage_max_len) == (4, 16, 64)
+    assert (data.dataset_path, data.dataset_split) == ("/data", "dev")
+    assert data.negative_passage_no_shuffle is True and data.positive_passage_no_shuffle is False
+    assert model.model_name_or_path == "m" and data.num_proc is None
+
+
+def test_bad_flag_values_are_rejected():
+    with pytest.raises(SystemExit):
+        parse_options((DataArguments,), ["--padding_side", "middle"], "raytev x", "")
+    with pytest.raises(SystemExit):
+        parse_options((DataArguments,), ["--encode_is_query", "maybe"], "raytev x", "")
+    with pytest.raises(RaytevError, match="--train_group_size must be at least 1"):
+        parse_options((DataArguments,), ["--train_group_size", "0"], "raytev x", "")
+
+
+def test_a_json_file_of_the_same_keys_is_accepted(tmp_path):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"dataset_name": "scifact", "query_max_len": 20, "model_name_or_path": "m"}))
+    data, model = parse_options((DataArguments, ModelArguments), [str(config)], "raytev x", "")
+    assert (data.dataset_name, data.query_max_len, model.model_name_or_path) == ("scifact", 20, "m")
+    config.write_text(json.dumps({"dataset_nam": "scifact"}))
+    with pytest.raises(RaytevError, match=r"unknown keys \['dataset_nam'\]"):
+        parse_options((DataArguments,), [str(config)], "raytev x", "")
+
+
+def test_prepare_prints_counts_and_the_cache_path(tmp_path, tiny_tokenizer_dir, capsys, isolated_cache):
+    path = write_jsonl(tmp_path / "train.jsonl", [group("q1", "what", [passage("d1", "a cat")], [])])
+    argv = ["data", "prepare", "--dataset_path", str(path), "--model_name_or_path", str(tiny_tokenizer_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 queries with 1 positives and 0 negatives" in out and "[tokenized]" in out
+    assert str(isolated_cache) in out
+    assert main(argv) == 0
+    assert "cache hit: nothing to do" in capsys.readouterr().out
+
+
+def test_data_errors_exit_non_zero_with_the_located_message(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "train.jsonl", ['{"query_id": 1,'])
+    assert main(["data", "validate", "--dataset_path", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid input data:") and f"{path}:1: invalid JSON" in err
+    assert "Traceback" not in err
+
+
+def test_validate_reports_counts(tiny_beir, capsys):
+    assert main(["data", "validate", "--dataset_path", str(tiny_beir), "--num_negatives", "2"]) == 0
+    assert "valid: 12 passages, 2 queries with 3 positives and 4 negatives" in capsys.readouterr().out
