@@ -1,0 +1,1 @@
+"""Dense retrieval models: pooling, settings, contrastive loss, and the plain and GradCache training steps."""

@@ -1,0 +1,144 @@
+"""A bi-encoder over any Hugging Face encoder: pooled query and passage embeddings and their loss."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from raytev.errors import RaytevError
+from raytev.modeling.loss import contrastive_loss
+from raytev.modeling.model_files import check_model_source
+from raytev.modeling.pooling import pool
+from raytev.modeling.settings import DenseModelSettings, read_saved_settings, resolve_settings
+from raytev.staging import staged_directory
+
+QUERY_SUBFOLDER = "query_model"
+PASSAGE_SUBFOLDER = "passage_model"
+
+
+@dataclass
+class DenseOutput(ModelOutput):
+    """What DenseModel.forward returns; scores and loss only when both queries and passages were given."""
+
+    loss: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    q_reps: torch.Tensor | None = None
+    p_reps: torch.Tensor | None = None
+
+
+def _load_encoder(path_or_name: str, subfolder: str = "", **hf_kwargs) -> PreTrainedModel:
+    """AutoModel.from_pretrained, with a load failure turned into a RaytevError that says what to check."""
+    try:
+        return AutoModel.from_pretrained(path_or_name, subfolder=subfolder, **hf_kwargs)
+    except (OSError, ValueError) as error:  # transformers' "not found" / "unrecognized model" failures
+        where = f"{path_or_name}/{subfolder}" if subfolder else path_or_name
+        raise RaytevError(
+            f"could not load a model from '{where}': {error}\n"
+            "Give a folder with config.json and weights, or a Hugging Face name while online."
+        ) from error
+
+
+class DenseModel(torch.nn.Module):
+    """Tied (one encoder) or untied (query and passage encoders) dense retriever with contrastive loss."""
+
+    def __init__(
+        self,
+        query_encoder: PreTrainedModel,
+        passage_encoder: PreTrainedModel | None = None,
+        settings: DenseModelSettings | None = None,
+        cross_worker_negatives: bool | None = None,
+    ):
+        super().__init__()
+        self.settings = settings or DenseModelSettings(untied=passage_encoder is not None)
+        if passage_encoder is not None and not self.settings.untied:
+            raise ValueError("a separate passage encoder needs settings with untied=True")
+        if self.settings.untied and passage_encoder is None:
+            passage_encoder = copy.deepcopy(query_encoder)  # untie: both start from the same weights
+        self.query_encoder = query_encoder
+        if passage_encoder is not None:
+            self.passage_encoder = passage_encoder
+        # None gathers negatives from all workers whenever torch.distributed runs with several.
+        self.cross_worker_negatives = cross_worker_negatives
+        self.tokenizer = None  # attach one and save_pretrained writes it too
+
+    def _passage_side(self) -> PreTrainedModel:
+        """The encoder that reads passages: the query encoder itself when tied."""
+        return self.passage_encoder if self.settings.untied else self.query_encoder
+
+    def _encode(self, encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool (and normalize, if set) the encoder's last hidden states."""
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        reps = pool(hidden, attention_mask, self.settings.pooling)
+        return F.normalize(reps, dim=-1) if self.settings.normalize else reps
+
+    def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Query embeddings [B, H]."""
+        return self._encode(self.query_encoder, input_ids, attention_mask)
+
+    def encode_passage(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Passage embeddings [B, H]."""
+        return self._encode(self._passage_side(), input_ids, attention_mask)
+
+    def compute_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and contrastive loss for these embeddings, with this model's temperature and gathering."""
+        return contrastive_loss(q_reps, p_reps, self.settings.temperature, self.cross_worker_negatives)
+
+    def forward(self, query: dict | None = None, passage: dict | None = None) -> DenseOutput:
+        """Embed whichever of query / passage ({'input_ids', 'attention_mask'}) is given; loss when both are."""
+        q_reps = self.encode_query(query["input_ids"], query["attention_mask"]) if query is not None else None
+        p_reps = self.encode_passage(passage["input_ids"], passage["attention_mask"]) if passage is not None else None
+        if q_reps is None or p_reps is None:
+            return DenseOutput(q_reps=q_reps, p_reps=p_reps)
+        scores, loss = self.compute_loss(q_reps, p_reps)
+        return DenseOutput(loss=loss, scores=scores, q_reps=q_reps, p_reps=p_reps)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        temperature: float | None = None,
+        untied: bool | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        cross_worker_negatives: bool | None = None,
+        cache_dir: str | None = None,
+        **hf_kwargs,
+    ) -> DenseModel:
+        """Load a raytev save, or any HF / sentence-transformers model; None settings are auto-detected.
+
+        Extra keyword arguments (dtype, attn_implementation, ...) go to AutoModel.from_pretrained.
+        """
+        path_or_name = str(path_or_name)
+        check_model_source(path_or_name)
+        saved = read_saved_settings(path_or_name, cache_dir)
+        overrides = dict(pooling=pooling, normalize=normalize, temperature=temperature, untied=untied,
+                         query_prefix=query_prefix, passage_prefix=passage_prefix)
+        settings = resolve_settings(path_or_name, saved, overrides, cache_dir)
+        if saved is not None and saved.untied:
+            query_encoder = _load_encoder(path_or_name, QUERY_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
+            passage_encoder = _load_encoder(path_or_name, PASSAGE_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
+        else:
+            query_encoder = _load_encoder(path_or_name, cache_dir=cache_dir, **hf_kwargs)
+            passage_encoder = None  # when untied is asked for, __init__ copies the query encoder
+        return cls(query_encoder, passage_encoder, settings, cross_worker_negatives)
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """Save HF weights (tied: at the top; untied: query_model/, passage_model/), settings and tokenizer."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        with staged_directory(directory) as staging:
+            if self.settings.untied:
+                self.query_encoder.save_pretrained(staging / QUERY_SUBFOLDER)
+                self.passage_encoder.save_pretrained(staging / PASSAGE_SUBFOLDER)
+            else:
+                self.query_encoder.save_pretrained(staging)
+            self.settings.save(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)

@@ -1,0 +1,54 @@
+"""Contrastive loss over in-batch (and, across workers, global) negatives."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def distributed_world_size() -> int:
+    """Number of workers in the default process group; 1 when torch.distributed is not in use."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every worker's tensor in rank order; gradient flows only into this worker's slot."""
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local.detach().contiguous())
+    # all_gather's outputs carry no graph: put the live local tensor back so its gradient survives.
+    gathered[dist.get_rank()] = local
+    return torch.cat(gathered)
+
+
+def contrastive_targets(num_queries: int, num_passages: int, device: torch.device | None = None) -> torch.Tensor:
+    """Index of each query's positive: passages are group-major with the positive first, so i * group size."""
+    if num_queries == 0 or num_passages % num_queries:
+        raise ValueError(f"{num_passages} passages cannot be split evenly among {num_queries} queries")
+    return torch.arange(num_queries, device=device) * (num_passages // num_queries)
+
+
+def contrastive_loss(
+    q_reps: torch.Tensor,
+    p_reps: torch.Tensor,
+    temperature: float = 1.0,
+    cross_worker_negatives: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores q·pᵀ/temperature and their cross-entropy; with cross-worker negatives, over the global batch.
+
+    `cross_worker_negatives=None` gathers whenever torch.distributed runs with more than one worker.
+    Gathered rows stay in rank order, so query j of rank r sits at r*local_queries + j and its positive
+    at r*local_passages + j*group_size: the global targets are again i * group size.
+    """
+    world_size = distributed_world_size()
+    gather = world_size > 1 and cross_worker_negatives is not False
+    # Scores and softmax in fp32 even under autocast: bf16 logits lose the small margins that matter here.
+    with torch.autocast(device_type=q_reps.device.type, enabled=False):
+        q_reps, p_reps = q_reps.float(), p_reps.float()
+        if gather:
+            q_reps, p_reps = gather_with_grad(q_reps), gather_with_grad(p_reps)
+        scores = q_reps @ p_reps.T / temperature
+        loss = F.cross_entropy(scores, contrastive_targets(len(q_reps), len(p_reps), scores.device))
+    # Each worker back-propagates the whole global loss into its own slice, and DDP averages gradients
+    # over workers: scaling by world size makes the sum equal one process's full-batch gradient.
+    return scores, loss * world_size if gather else loss
