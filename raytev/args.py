@@ -28,6 +28,14 @@ class ModelArguments:
     )
     tokenizer_name: str | None = option(None, "Tokenizer folder or name, when not the model's own.")
     cache_dir: str | None = option(None, "Where Hugging Face downloads models (online use).")
+    pooling: str | None = option(
+        None, "How token vectors become one: cls, mean or last (EOS). Default: the model's own (raytev or "
+        "sentence-transformers settings), else cls.", choices=["cls", "mean", "last"])
+    normalize: bool | None = option(None, "L2-normalize representations. Default: the model's own, else false.")
+    temperature: float | None = option(None, "Scores are divided by this in the loss. Default: the model's own, "
+                                             "else 1.0 (with --normalize, 0.01-0.05 trains far better).")
+    untie_encoder: bool | None = option(None, "Separate query and passage encoders (both start from the model).",
+                                        aliases=["untied"])
 
 
 @dataclass
@@ -88,3 +96,60 @@ class DataArguments:
                 raise RaytevError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.num_negatives < 0:
             raise RaytevError(f"--num_negatives must be 0 or more, got {self.num_negatives}")
+
+
+@dataclass
+class TrainingArguments:
+    """How to train: Tevatron's (Hugging Face Trainer's) names and defaults."""
+
+    output_dir: str | None = option(None, "Where the trained model goes (a Hugging Face folder); its "
+                                          "checkpoints/ subfolder lets an interrupted run resume.")
+    overwrite_output_dir: bool = option(False, "Start over even if output_dir holds a finished model or checkpoints.")
+    per_device_train_batch_size: int = option(8, "Queries per worker per step (each with train_group_size passages).")
+    learning_rate: float = option(5e-5, "Peak learning rate of AdamW.")
+    num_train_epochs: int = option(3, "Passes over the training queries.")
+    max_steps: int = option(-1, "Stop after this many steps (overrides num_train_epochs when > 0).")
+    warmup_ratio: float = option(0.1, "Fraction of the steps over which the learning rate rises linearly from 0.")
+    weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and LayerNorm weights).")
+    max_grad_norm: float = option(1.0, "Clip gradients to this norm (0 turns clipping off).")
+    fp16: bool = option(False, "float16 autocast with a gradient scaler (GPU).")
+    bf16: bool = option(False, "bfloat16 autocast (GPU, and CPUs with avx512_bf16 or AMX).")
+    grad_cache: bool = option(False, "GradCache: large batches in the memory of small chunks.")
+    gc_q_chunk_size: int = option(4, "GradCache: queries per chunk.")
+    gc_p_chunk_size: int = option(32, "GradCache: passages per chunk.")
+    cross_worker_negatives: bool = option(True, "Score every query against the passages of all workers.",
+                                          aliases=["negatives_x_device"])
+    shuffle_buffer_size: int = option(1024, "Queries shuffled together as they stream in (0: file order).")
+    save_steps: int = option(500, "Save a checkpoint every this many steps (and at the end).")
+    save_total_limit: int = option(2, "Checkpoints kept.")
+    logging_steps: int = option(10, "Log loss, learning rate and throughput every this many steps.")
+
+    def __post_init__(self) -> None:
+        if self.fp16 and self.bf16:
+            raise RaytevError("--fp16 and --bf16 exclude each other: choose one.")
+        for name in ("per_device_train_batch_size", "num_train_epochs", "save_steps", "save_total_limit",
+                     "logging_steps", "gc_q_chunk_size", "gc_p_chunk_size"):
+            if getattr(self, name) < 1:
+                raise RaytevError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RaytevError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class RayArguments:
+    """Where the work runs."""
+
+    num_workers: int = option(1, "Training workers (one process each; 0 runs the loop in this process, for "
+                                 "debugging: no fault tolerance).")
+    use_gpu: bool = option(False, "One GPU per worker; NCCL between workers (gloo on CPU).")
+    cpus_per_worker: float | None = option(None, "CPUs reserved per worker (default: 1 with GPUs; on CPU, the "
+                                                 "cluster's CPUs shared out, leaving room for data reading).")
+    address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start one "
+                                        "here, or join RAY_ADDRESS.")
+    storage_path: str | None = option(None, "Where checkpoints go: a shared folder or a URI (s3://, gs://) for "
+                                            "multi-node runs (default: output_dir).")
+    max_failures: int = option(2, "Times a failed worker group restarts from the last checkpoint.")
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise RaytevError(f"--num_workers must be 0 or more, got {self.num_workers}")

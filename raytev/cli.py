@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raytev import __version__
-from raytev.args import DataArguments, ModelArguments
+from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
 from raytev.errors import RaytevError
 from raytev.flags import parse_options
 
@@ -68,9 +68,24 @@ def run_data_validate(data: DataArguments) -> int:
     return 0
 
 
+def run_train(data: DataArguments, model: ModelArguments, training: TrainingArguments, cluster: RayArguments) -> int:
+    """`raytev train`."""
+    from raytev.training.trainer import train
+
+    result = train(data, model, training, cluster)
+    losses = [entry["loss"] for entry in result.log if "loss" in entry]
+    resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
+    loss = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+    print(f"trained {result.steps} steps ({result.epochs:.2f} epochs) in {result.seconds:.1f} s{resumed}{loss}; "
+          f"model saved to {result.output_dir}")
+    return 0
+
+
 COMMANDS = (
     Command(("data", "prepare"), "validate, tokenize and cache a dataset (reused while its inputs are unchanged)",
             (DataArguments, ModelArguments), run_data_prepare),
+    Command(("train",), "fine-tune a dense retriever on Ray Train (resumes from output_dir's checkpoints)",
+            (DataArguments, ModelArguments, TrainingArguments, RayArguments), run_train),
     Command(("data", "validate"), "check a dataset's files; problems are reported by file, line and field",
             (DataArguments,), run_data_validate),
 )

@@ -70,7 +70,7 @@ def parse_options(option_classes: tuple[type, ...], argv: list[str], prog: str, 
 
 
 def options_from_json(option_classes: tuple[type, ...], path: Path) -> tuple:
-    """Option dataclasses from a JSON object whose keys are flag names; unknown keys are an error."""
+    """Option dataclasses from a JSON object whose keys are flag names."""
     try:
         values = json.loads(path.read_text())
     except FileNotFoundError:
@@ -79,10 +79,15 @@ def options_from_json(option_classes: tuple[type, ...], path: Path) -> tuple:
         raise RaytevError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
     if not isinstance(values, dict):
         raise RaytevError(f"{path}: expected a JSON object of flag names and values")
+    return options_from_dict(option_classes, values, str(path))
+
+
+def options_from_dict(option_classes: tuple[type, ...], values: dict, source: str = "options") -> tuple:
+    """Option dataclasses from {flag name: value} (a JSON file, or the Python API's keyword arguments)."""
     known = {field.name for option_class in option_classes for field in dataclasses.fields(option_class)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RaytevError(f"{path}: unknown keys {unknown}; the keys are the command's flag names without '--'")
+        raise RaytevError(f"{source}: unknown keys {unknown}; the keys are the command's flag names without '--'")
     return tuple(option_class(**{field.name: values[field.name] for field in dataclasses.fields(option_class)
                                  if field.name in values})
                  for option_class in option_classes)

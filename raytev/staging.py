@@ -33,3 +33,22 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(target)
+
+
+def publish_contents(staging: Path, target: Path, last: str | None = None) -> None:
+    """Move every entry of `staging` into the existing folder `target`, replacing same-named entries.
+
+    `last` moves after all others: readers take its presence to mean the rest is complete.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda path: path.name == last)
+    for entry in entries:
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            retired = destination.with_name(f".{destination.name}.old-{uuid.uuid4().hex[:8]}")
+            destination.rename(retired)
+            entry.rename(destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            entry.replace(destination)
+    staging.rmdir()

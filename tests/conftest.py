@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
-import string
 from pathlib import Path
 
 import pytest
+
+from helpers import write_jsonl, write_tiny_tokenizer
 
 # Tests never reach the network: the hub libraries fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,23 +15,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-TINY_WORDS = ["what", "is", "a", "cat", "dog", "the", "of", "and", "small", "animal", "barks", "query", "passage"]
-
-
-def write_tiny_tokenizer(directory: Path) -> Path:
-    """Save a WordPiece tokenizer over a small vocabulary (letters as pieces, so every word tokenizes)."""
-    from transformers import BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase,
-             *(f"##{letter}" for letter in string.ascii_lowercase), *string.digits, *string.punctuation]
-    directory.mkdir(parents=True, exist_ok=True)
-    # transformers 5 takes the vocabulary itself (a token -> id dict), not a vocab file.
-    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))},
-                              do_lower_case=True)
-    tokenizer.save_pretrained(str(directory))
-    return directory
-
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
@@ -46,26 +28,6 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "raytev-cache"
     monkeypatch.setenv("RAYTEV_CACHE_DIR", str(cache))
     return cache
-
-
-def write_jsonl(path: Path, records: list, compress: bool = False) -> Path:
-    """Write records (dicts, or raw strings written as they are) one per line."""
-    lines = [record if isinstance(record, str) else json.dumps(record) for record in records]
-    data = ("\n".join(lines) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
-
-
-def passage(docid: str, text: str, title: str = "") -> dict:
-    """A Tevatron passage object."""
-    return {"docid": docid, "title": title, "text": text}
-
-
-def group(query_id: str, query: str, positives: list[dict], negatives: list[dict], **extra) -> dict:
-    """A Tevatron training group."""
-    return {"query_id": query_id, "query": query, "positive_passages": positives, "negative_passages": negatives,
-            **extra}
 
 
 @pytest.fixture
@@ -89,7 +51,8 @@ def ray_session():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
+    # Workers import test helpers too (training probes), so they get this folder on their path.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(Path(__file__).parent)}})
     yield ray
     ray.shutdown()

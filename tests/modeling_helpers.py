@@ -2,40 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
-
-
-def tiny_bert(dropout: float = 0.0, seed: int = 0) -> BertModel:
-    """A 2-layer, 32-wide random BERT (deterministic for a seed), in train mode."""
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )
-    return BertModel(config).train()
-
-
-def tiny_tokenizer() -> BertTokenizerFast:
-    """A WordPiece tokenizer over VOCAB (words 'w0'..'w94')."""
-    with tempfile.TemporaryDirectory() as scratch:
-        vocab_file = Path(scratch) / "vocab.txt"
-        vocab_file.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-        return BertTokenizerFast(str(vocab_file))
-
-
-def save_tiny_bert(folder: Path, dropout: float = 0.0, seed: int = 0) -> Path:
-    """Save a tiny BERT and its tokenizer as a plain Hugging Face folder."""
-    tiny_bert(dropout, seed).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
+from helpers import TINY_VOCAB
 
 def _padded_ids(rows: int, max_len: int, generator: torch.Generator, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Random token ids of random lengths (2..max_len), [CLS] first, padded on the chosen side."""
@@ -44,7 +15,7 @@ def _padded_ids(rows: int, max_len: int, generator: torch.Generator, left: bool)
     lengths = torch.randint(2, max_len + 1, (rows,), generator=generator)
     lengths[0] = max_len  # at least one full row so the batch width is max_len
     for row, length in enumerate(lengths.tolist()):
-        tokens = torch.randint(5, len(VOCAB), (length,), generator=generator)
+        tokens = torch.randint(5, len(TINY_VOCAB), (length,), generator=generator)
         tokens[0] = 2
         span = slice(max_len - length, max_len) if left else slice(0, length)
         ids[row, span] = tokens

@@ -12,7 +12,7 @@ from raytev.args import DataArguments, ModelArguments
 from raytev.cli import main
 from raytev.errors import RaytevError
 from raytev.flags import parse_options
-from tests.conftest import group, passage, write_jsonl
+from helpers import group, passage, write_jsonl
 
 
 def test_help_lists_the_commands(capsys):

@@ -12,7 +12,7 @@ from raytev.data.feed import iter_training_batches, training_dataset
 from raytev.data.prepare import prepare_data
 from raytev.data.sampling import GroupSampler
 from raytev.errors import RaytevError
-from tests.conftest import group, passage, write_jsonl
+from helpers import group, passage, write_jsonl
 
 pytestmark = pytest.mark.slow
 

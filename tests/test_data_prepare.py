@@ -12,7 +12,7 @@ from raytev.data.hub import HubDataset
 from raytev.data.prepare import prepare_data, validate_data
 from raytev.data.sources import resolve_source
 from raytev.errors import DataError, RaytevError
-from tests.conftest import group, passage, write_jsonl, write_tiny_tokenizer
+from helpers import group, passage, write_jsonl, write_tiny_tokenizer
 
 
 def prepare(tokenizer_dir, **data):

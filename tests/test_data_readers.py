@@ -11,7 +11,7 @@ from raytev.data.formats import (Passage, parse_corpus_record, parse_query_recor
 from raytev.data.lines import iter_json_records, iter_lines, iter_tsv_rows
 from raytev.data.relevance import read_qrels, read_run
 from raytev.errors import DataError, ProblemLog
-from tests.conftest import group, passage, write_jsonl
+from helpers import group, passage, write_jsonl
 
 
 def parse_group(record):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing
 
+from helpers import save_tiny_bert
 from modeling_helpers import (
     DISTRIBUTED_CHUNKS,
     DROPOUT_SEED,
@@ -19,7 +20,6 @@ from modeling_helpers import (
     distributed_worker,
     gradients,
     max_gradient_difference,
-    save_tiny_bert,
     toy_batch,
 )
 from raytev.modeling.dense import DenseModel

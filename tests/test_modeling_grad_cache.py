@@ -7,7 +7,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from modeling_helpers import assert_gradients_meaningful, gradients, max_gradient_difference, tiny_bert, toy_batch
+from helpers import tiny_bert
+from modeling_helpers import assert_gradients_meaningful, gradients, max_gradient_difference, toy_batch
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.grad_cache import grad_cache_step
 from raytev.modeling.settings import DenseModelSettings

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from modeling_helpers import tiny_bert, toy_batch
+from helpers import tiny_bert
+from modeling_helpers import toy_batch
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.loss import contrastive_loss, contrastive_targets
 from raytev.modeling.settings import DenseModelSettings

@@ -25,6 +25,7 @@ class PreparedData:
     source: DataSource
     corpus: TokenTable | None
     queries: TokenTable | None
+    tokenizer_dir: Path | None = None
     reused: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -61,7 +62,7 @@ def prepare_data(data: DataArguments, model: ModelArguments) -> PreparedData:
     if missing:
         build_tables(source, data, tokenizer_folder, cache_dir, keys, cached, missing)
     tables = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
-    return PreparedData(source, tables.get("corpus"), tables.get("queries"),
+    return PreparedData(source, tables.get("corpus"), tables.get("queries"), tokenizer_folder,
                         reused={kind: kind not in missing for kind in keys},
                         seconds=time.perf_counter() - started)
 

@@ -1,0 +1,55 @@
+"""Everything a training worker needs, decided once on the driver (no Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
+from raytev.data.cache import TokenTable
+from raytev.errors import RaytevError
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The options, the prepared data and the step arithmetic of one training run."""
+
+    data: DataArguments
+    model: ModelArguments
+    training: TrainingArguments
+    model_source: str  # folder or hub name the model starts from
+    queries: TokenTable  # the prepared training groups
+    num_workers: int  # 0: the loop runs in the driver's process
+    steps_per_epoch: int
+    total_steps: int
+    run_dir: str  # where checkpoints live: <storage_path>/<run name>
+    torch_threads: int | None = None  # None: the node's cores shared among its workers
+    resume_from: str | None = None  # a checkpoint found by the driver; Ray's own restore takes precedence
+
+    @property
+    def global_batch_size(self) -> int:
+        """Queries per optimizer step across all workers."""
+        return self.training.per_device_train_batch_size * max(self.num_workers, 1)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The mixed-precision dtype asked for, or None for full precision."""
+        return torch.bfloat16 if self.training.bf16 else torch.float16 if self.training.fp16 else None
+
+
+def step_counts(num_queries: int, training: TrainingArguments, cluster: RayArguments) -> tuple[int, int]:
+    """(steps per epoch, total steps): workers get equal shares of the queries; partial batches are dropped."""
+    workers = max(cluster.num_workers, 1)
+    steps_per_epoch = num_queries // workers // training.per_device_train_batch_size
+    if steps_per_epoch == 0:
+        raise RaytevError(
+            f"{num_queries} training queries cannot fill one step of {training.per_device_train_batch_size} "
+            f"queries on each of {workers} workers: lower --per_device_train_batch_size or --num_workers.")
+    total = training.max_steps if training.max_steps > 0 else training.num_train_epochs * steps_per_epoch
+    return steps_per_epoch, total
+
+
+def torch_threads_for(cpus_per_worker: float | None) -> int | None:
+    """Intra-op threads for an explicit --cpus_per_worker (None: decided on each node by its core count)."""
+    return None if cpus_per_worker is None else max(1, round(cpus_per_worker))

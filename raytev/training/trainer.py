@@ -1,0 +1,160 @@
+"""`raytev train` on the driver: prepare the data, plan the steps, run TorchTrainer, export the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
+from raytev.bundled import resolve_model_path
+from raytev.data.prepare import prepare_data
+from raytev.errors import RaytevError
+from raytev.modeling.settings import SETTINGS_FILE
+from raytev.staging import publish_contents
+from raytev.training.plan import TrainingPlan, step_counts, torch_threads_for
+from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state
+
+LOG_FILE = "train_log.jsonl"
+ARGS_FILE = "training_args.json"
+DEFAULT_RUN_NAME = "checkpoints"
+# What an export writes at the top of output_dir; stale ones from an earlier export of another shape go.
+MODEL_ENTRIES = ("config.json", "model.safetensors", "pytorch_model.bin", "query_model", "passage_model")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    output_dir: Path
+    steps: int
+    epochs: float
+    seconds: float
+    log: list[dict]
+    resumed_from: int | None
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        """Wall-clock seconds per epoch of this run (preparation and export included)."""
+        return self.seconds / self.epochs if self.epochs else None
+
+
+def checkpoint_location(output_dir: Path, storage_path: str | None) -> tuple[str, str]:
+    """(storage path, run name) of a run's checkpoints: output_dir/checkpoints unless a storage path is given."""
+    if storage_path is None:
+        return str(output_dir), DEFAULT_RUN_NAME
+    # One storage path serves many runs: name each after its output folder.
+    return storage_path, f"{output_dir.name}-{hashlib.sha256(str(output_dir).encode()).hexdigest()[:8]}"
+
+
+def is_local(storage_path: str) -> bool:
+    """Whether a storage path is a folder on this machine rather than a URI (s3://, gs://, ...)."""
+    return "://" not in storage_path or storage_path.startswith("file://")
+
+
+def train(data: DataArguments, model: ModelArguments, training: TrainingArguments,
+          cluster: RayArguments) -> TrainResult:
+    """Fine-tune a dense retriever on Ray Train and save it to `training.output_dir`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raytev.cluster import connect, cpus_per_worker
+    from raytev.data.feed import training_dataset
+    from raytev.training.loop import train_loop_per_worker
+
+    started = time.perf_counter()
+    if not training.output_dir:
+        raise RaytevError("pass --output_dir: the folder the trained model is saved to.")
+    if not model.model_name_or_path:
+        raise RaytevError("pass --model_name_or_path: the model (folder or Hugging Face name) to fine-tune.")
+    output_dir = Path(training.output_dir).expanduser().resolve()
+    model_source = resolve_model_path(model.model_name_or_path)
+    prepared = prepare_data(data, dataclasses.replace(model, model_name_or_path=model_source))
+
+    steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training, cluster)
+    storage_path, run_name = checkpoint_location(output_dir, cluster.storage_path)
+    run_dir = Path(storage_path) / run_name if is_local(storage_path) else None
+    if cluster.num_workers == 0 and run_dir is None:
+        raise RaytevError("--num_workers 0 keeps checkpoints itself and needs a local --storage_path.")
+    if training.overwrite_output_dir:
+        clear_previous_run(output_dir, run_dir, storage_path, run_name)
+    resume_from = latest_checkpoint(run_dir) if run_dir else None
+    if resume_from is not None and read_trainer_state(resume_from).step >= total_steps:
+        raise RaytevError(f"{output_dir} holds a run already trained to step {read_trainer_state(resume_from).step} "
+                          f"(this one asks for {total_steps}): nothing to do. Use --overwrite_output_dir to "
+                          "train again from the start, or ask for more steps or epochs to continue it.")
+
+    connect(cluster.address)
+    dataset = training_dataset(prepared.queries, data.train_group_size)
+    # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
+    dataset.context.enable_progress_bars = False
+    cpus = cpus_per_worker(cluster.num_workers, cluster.use_gpu, cluster.cpus_per_worker)
+    plan = TrainingPlan(data, model, training, model_source, prepared.queries, cluster.num_workers, steps_per_epoch,
+                        total_steps, str(run_dir) if run_dir else "", torch_threads_for(cluster.cpus_per_worker),
+                        str(resume_from) if resume_from else None)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"plan": plan},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+            resources_per_worker={"CPU": cpus} if cpus is not None else None),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
+    with result.checkpoint.as_directory() as final:
+        state = read_trainer_state(Path(final))
+        export_model(Path(final), output_dir, prepared.tokenizer_dir, state.log,
+                     {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
+                      "training": dataclasses.asdict(training), "ray": dataclasses.asdict(cluster)})
+    resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
+    return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
+                       state.log, resumes[0] if resumes else None)
+
+
+def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
+                 arguments: dict) -> None:
+    """Put the checkpoint's model, the tokenizer, the log and the arguments at the top of output_dir.
+
+    raytev_model.json moves in last, so a folder that has it holds a complete model.
+    """
+    from transformers import AutoTokenizer
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / f".export-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(checkpoint_dir / MODEL_DIR, staging)
+        AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
+        (staging / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
+        (staging / ARGS_FILE).write_text(json.dumps(arguments, indent=2) + "\n")
+        for name in MODEL_ENTRIES:
+            if not (staging / name).exists() and (output_dir / name).exists():
+                stale = output_dir / name
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        publish_contents(staging, output_dir, last=SETTINGS_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear_previous_run(output_dir: Path, run_dir: Path | None, storage_path: str, run_name: str) -> None:
+    """Forget an earlier run in this output_dir: its checkpoints (local or remote) and its exported model marker."""
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{storage_path.rstrip('/')}/{run_name}")
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+            filesystem.delete_dir(path)
+    (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
+

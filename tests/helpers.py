@@ -1,0 +1,76 @@
+"""Test building blocks: a tiny offline tokenizer and BERT, and small data files in raytev's formats."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import string
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+TINY_WORDS = ["what", "is", "a", "cat", "dog", "the", "of", "and", "small", "animal", "barks", "query", "passage"]
+# Letters as word pieces, so that any lowercase word tokenizes.
+TINY_VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase,
+                                 *(f"##{letter}" for letter in string.ascii_lowercase), *string.digits,
+                                 *string.punctuation]))
+
+
+def tiny_tokenizer() -> BertTokenizer:
+    """A WordPiece tokenizer over TINY_VOCAB, built without any download."""
+    # transformers 5 takes the vocabulary itself (token -> id), not a vocab file.
+    return BertTokenizer(vocab={token: index for index, token in enumerate(TINY_VOCAB)}, do_lower_case=True)
+
+
+def write_tiny_tokenizer(directory: Path) -> Path:
+    """Save the tiny tokenizer into a folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tiny_tokenizer().save_pretrained(str(directory))
+    return directory
+
+
+def tiny_bert(dropout: float = 0.0, seed: int = 0) -> BertModel:
+    """A 2-layer, 32-wide random BERT over TINY_VOCAB (deterministic for a seed), in train mode."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=256,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )
+    return BertModel(config).train()
+
+
+def save_tiny_bert(folder: Path, dropout: float = 0.0, seed: int = 0) -> Path:
+    """Save a tiny BERT and its tokenizer as a plain Hugging Face folder."""
+    tiny_bert(dropout, seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(str(folder))
+    return folder
+
+
+def write_jsonl(path: Path, records: list, compress: bool = False) -> Path:
+    """Write records (dicts, or raw strings written as they are) one per line."""
+    lines = [record if isinstance(record, str) else json.dumps(record) for record in records]
+    data = ("\n".join(lines) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def passage(docid: str, text: str, title: str = "") -> dict:
+    """A Tevatron passage object."""
+    return {"docid": docid, "title": title, "text": text}
+
+
+def group(query_id: str, query: str, positives: list[dict], negatives: list[dict], **extra) -> dict:
+    """A Tevatron training group."""
+    return {"query_id": query_id, "query": query, "positive_passages": positives, "negative_passages": negatives,
+            **extra}
+
+
+def toy_training_groups(count: int, negatives: int = 3) -> list[dict]:
+    """`count` distinct training groups over the tiny vocabulary: query i's positive mentions i."""
+    animals = ["cat", "dog", "animal"]
+    return [group(f"q{i}", f"what is the {animals[i % 3]} {i}", [passage(f"p{i}", f"the {animals[i % 3]} {i}")],
+                  [passage(f"n{i}-{j}", f"a small {animals[(i + j + 1) % 3]} {i * 7 + j}") for j in range(negatives)])
+            for i in range(count)]

@@ -1,0 +1,150 @@
+"""Training on Ray Train end to end with a tiny model: gradients, loss, export, checkpoints, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from helpers import save_tiny_bert, toy_training_groups, write_jsonl
+from modeling_helpers import max_gradient_difference
+from ray_train_probe import full_batch_gradients, one_step_gradients
+from transformers import AutoModel, AutoTokenizer
+
+import raytev
+from raytev.errors import RaytevError
+from raytev.modeling.dense import DenseModel
+from raytev.training.state import latest_checkpoint
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(train_group_size=3, per_device_train_batch_size=4, learning_rate=1e-3, pooling="mean", normalize=True,
+            temperature=0.1, logging_steps=1, shuffle_buffer_size=0)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A tiny model folder and 40 training groups."""
+    model = save_tiny_bert(tmp_path / "model")
+    data = write_jsonl(tmp_path / "train.jsonl", toy_training_groups(40))
+    return {"model_name_or_path": str(model), "dataset_path": str(data), "output_dir": str(tmp_path / "out")}
+
+
+def logged_steps(log: list[dict]) -> list[int]:
+    return [entry["step"] for entry in log if "step" in entry]
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied", "untied"])
+def test_two_workers_give_the_full_batch_gradients(ray_session, tmp_path, untied):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    folder = save_tiny_bert(tmp_path / "model")
+    out = tmp_path / "grads.pt"
+    TorchTrainer(one_step_gradients, train_loop_config={"model": str(folder), "untied": untied, "out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+    distributed = torch.load(out)
+    reference = full_batch_gradients(folder, untied)
+    assert max_gradient_difference(distributed, reference) <= 1e-5
+    assert sum(bool(g.abs().max() > 1e-6) for g in reference.values()) > 0.8 * len(reference)
+
+
+def test_in_process_training_lowers_the_loss_and_exports_a_loadable_model(ray_session, tiny_run):
+    result = raytev.train(**tiny_run, **TINY, num_train_epochs=3, num_workers=0, save_steps=10)
+    assert result.steps == 30 and result.epochs == 3  # 40 queries // 4 per step = 10 steps an epoch
+    losses = [entry["loss"] for entry in result.log]
+    assert losses[-1] < 0.5 * losses[0]
+    out = Path(tiny_run["output_dir"])
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == list(
+        range(1, 31))
+    assert AutoModel.from_pretrained(str(out)) is not None
+    assert AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("cat") > 4
+    # The exported model embeds exactly as the final checkpoint's model does.
+    exported = DenseModel.from_pretrained(str(out)).eval()
+    checkpoint = DenseModel.from_pretrained(str(latest_checkpoint(out / "checkpoints") / "model")).eval()
+    ids = torch.tensor([[2, 8, 9, 3], [2, 10, 3, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        assert torch.equal(exported.encode_query(ids, mask), checkpoint.encode_query(ids, mask))
+    assert exported.settings.pooling == "mean" and exported.settings.temperature == 0.1
+
+
+def test_rerunning_resumes_from_the_last_checkpoint(ray_session, tiny_run):
+    first = raytev.train(**tiny_run, **TINY, max_steps=6, save_steps=3, num_workers=0)
+    assert first.steps == 6 and first.resumed_from is None
+    with pytest.raises(RaytevError, match="already trained to step 6"):
+        raytev.train(**tiny_run, **TINY, max_steps=6, save_steps=3, num_workers=0)
+    with pytest.raises(RaytevError, match="global batch of 4 queries, this run has 8"):
+        raytev.train(**{**tiny_run, **TINY, "per_device_train_batch_size": 8}, max_steps=10, num_workers=0)
+    second = raytev.train(**tiny_run, **TINY, max_steps=10, save_steps=3, num_workers=0)
+    assert second.steps == 10 and second.resumed_from == 6
+    assert logged_steps(second.log) == list(range(1, 11))  # steps 1-6 from the first run, none repeated
+    fresh = raytev.train(**tiny_run, **TINY, max_steps=4, save_steps=2, num_workers=0, overwrite_output_dir=True)
+    assert fresh.resumed_from is None and logged_steps(fresh.log) == [1, 2, 3, 4]
+
+
+def test_gradcache_and_bf16_train_through_the_loop(ray_session, tiny_run):
+    result = raytev.train(**tiny_run, **TINY, num_train_epochs=2, num_workers=0, save_steps=100, grad_cache=True,
+                          gc_q_chunk_size=2, gc_p_chunk_size=5, bf16=True)
+    losses = [entry["loss"] for entry in result.log]
+    assert result.steps == 20 and all(loss == loss for loss in losses) and losses[-1] < losses[0]
+
+
+def checkpoints_on_disk(run_dir: Path) -> int:
+    return len(list(run_dir.glob("checkpoint_step_*"))) if run_dir.is_dir() else 0
+
+
+def kill_a_worker_after_two_checkpoints(run_dir: Path, killed: list, timeout: float = 240) -> None:
+    """Once two checkpoints are on disk, SIGKILL one Ray Train worker process, as a lost node would.
+
+    Two, because a checkpoint's files land before Ray registers it; reports are barriers, so when the
+    second one's files exist the first is registered and a restart must resume from it (or later).
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline and checkpoints_on_disk(run_dir) < 2:
+        time.sleep(0.05)
+    for process in psutil.process_iter(["cmdline"]):
+        if process.info["cmdline"] and process.info["cmdline"][0].startswith("ray::RayTrainWorker"):
+            os.kill(process.pid, signal.SIGKILL)
+            killed.append(latest_checkpoint(run_dir).name)
+            return
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_run):
+    run_dir = Path(tiny_run["output_dir"]) / "checkpoints"
+    killed: list = []
+    killer = threading.Thread(target=kill_a_worker_after_two_checkpoints, args=(run_dir, killed))
+    killer.start()
+    result = raytev.train(**tiny_run, **TINY, num_train_epochs=8, save_steps=5, num_workers=2, max_failures=2,
+                          save_total_limit=10)
+    killer.join()
+    assert killed, "no worker was killed: the run finished before two checkpoints were seen"
+    assert result.steps == 40  # 8 epochs x (40 queries // 2 workers // 4 per step)
+    assert result.resumed_from is not None and result.resumed_from % 5 == 0 and result.resumed_from < 40
+    steps = logged_steps(result.log)
+    assert steps == list(range(1, 41))  # the log restored from the checkpoint continues without repeats
+    resumed_at = next(i for i, entry in enumerate(result.log) if entry.get("event") == "resumed")
+    assert result.log[resumed_at + 1]["step"] == result.resumed_from + 1
+
+
+def test_the_train_command_takes_tevatron_v1_flags(ray_session, tiny_run, capsys):
+    from raytev.cli import main
+
+    argv = ["train", "--model_name_or_path", tiny_run["model_name_or_path"], "--train_dir", tiny_run["dataset_path"],
+            "--output_dir", tiny_run["output_dir"], "--train_n_passages", "2", "--q_max_len", "16", "--p_max_len", "24",
+            "--negatives_x_device", "false", "--per_device_train_batch_size", "8", "--max_steps", "3",
+            "--num_workers", "0", "--pooling", "cls", "--save_steps", "3"]
+    assert main(argv) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    arguments = json.loads((Path(tiny_run["output_dir"]) / "training_args.json").read_text())
+    assert arguments["data"]["train_group_size"] == 2 and arguments["data"]["query_max_len"] == 16
+    assert arguments["training"]["cross_worker_negatives"] is False
+    assert main(argv[:-2] + ["--save_steps", "0"]) == 1
+    assert "--save_steps must be at least 1" in capsys.readouterr().err
