@@ -16,13 +16,12 @@ from tqdm.auto import tqdm
 
 from raytev.data.collate import TrainingCollator
 from raytev.data.feed import iter_training_batches
-from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.grad_cache import grad_cache_step
 from raytev.modeling.training_step import plain_step, unwrap
 from raytev.staging import staged_directory
 from raytev.training.optim import build_optimizer, build_scheduler
-from raytev.training.plan import TrainingPlan
+from raytev.training.plan import TrainingPlan, check_resumable
 from raytev.training.progress import LogWindow, format_entry
 from raytev.training.state import (CHECKPOINT_PATTERN, MODEL_DIR, TrainerState, checkpoint_name,
                                    load_training_state, save_training_state)
@@ -111,17 +110,6 @@ def load_model(plan: TrainingPlan, resume_dir: Path | None) -> DenseModel:
         passage_prefix=plan.data.passage_prefix, cross_worker_negatives=plan.training.cross_worker_negatives,
         cache_dir=plan.model.cache_dir,
     )
-
-
-def check_resumable(state: TrainerState, plan: TrainingPlan, checkpoint: Path) -> None:
-    """Refuse to continue a checkpoint of other data, or with a different global batch (steps would not line up)."""
-    if state.data_fingerprint != plan.queries.manifest["fingerprint"]:
-        raise RaytevError(f"{checkpoint} was trained on other data than this run's; use another --output_dir, "
-                          "or --overwrite_output_dir to start over.")
-    if state.global_batch_size != plan.global_batch_size:
-        raise RaytevError(f"{checkpoint} was trained with a global batch of {state.global_batch_size} queries, this run "
-                          f"has {plan.global_batch_size}: keep --per_device_train_batch_size x --num_workers the "
-                          "same to resume, or use --overwrite_output_dir to start over.")
 
 
 def train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan: TrainingPlan) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
 from raytev.data.cache import TokenTable
 from raytev.errors import RaytevError
+from raytev.training.state import TrainerState
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,14 @@ def step_counts(num_queries: int, training: TrainingArguments, cluster: RayArgum
 def torch_threads_for(cpus_per_worker: float | None) -> int | None:
     """Intra-op threads for an explicit --cpus_per_worker (None: decided on each node by its core count)."""
     return None if cpus_per_worker is None else max(1, round(cpus_per_worker))
+
+
+def check_resumable(state: TrainerState, plan: TrainingPlan, checkpoint: str) -> None:
+    """Refuse to continue a checkpoint of other data, or with another global batch (steps would not line up)."""
+    if state.data_fingerprint != plan.queries.manifest["fingerprint"]:
+        raise RaytevError(f"{checkpoint} was trained on other data than this run's; use another --output_dir, "
+                          "or --overwrite_output_dir to start over.")
+    if state.global_batch_size != plan.global_batch_size:
+        raise RaytevError(f"{checkpoint} was trained with a global batch of {state.global_batch_size} queries, this "
+                          f"run has {plan.global_batch_size}: keep --per_device_train_batch_size x --num_workers the "
+                          "same to resume, or use --overwrite_output_dir to start over.")

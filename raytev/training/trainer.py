@@ -17,7 +17,7 @@ from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
 from raytev.modeling.settings import SETTINGS_FILE
 from raytev.staging import publish_contents
-from raytev.training.plan import TrainingPlan, step_counts, torch_threads_for
+from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for
 from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state
 
 LOG_FILE = "train_log.jsonl"
@@ -84,19 +84,22 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
     if training.overwrite_output_dir:
         clear_previous_run(output_dir, run_dir, storage_path, run_name)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
-    if resume_from is not None and read_trainer_state(resume_from).step >= total_steps:
-        raise RaytevError(f"{output_dir} holds a run already trained to step {read_trainer_state(resume_from).step} "
-                          f"(this one asks for {total_steps}): nothing to do. Use --overwrite_output_dir to "
-                          "train again from the start, or ask for more steps or epochs to continue it.")
+    plan = TrainingPlan(data, model, training, model_source, prepared.queries, cluster.num_workers, steps_per_epoch,
+                        total_steps, str(run_dir) if run_dir else "", torch_threads_for(cluster.cpus_per_worker),
+                        str(resume_from) if resume_from else None)
+    if resume_from is not None:
+        previous = read_trainer_state(resume_from)
+        check_resumable(previous, plan, str(resume_from))
+        if previous.step >= total_steps:
+            raise RaytevError(f"{output_dir} holds a run already trained to step {previous.step} (this one asks for "
+                              f"{total_steps}): nothing to do. Use --overwrite_output_dir to train again from the "
+                              "start, or ask for more steps or epochs to continue it.")
 
     connect(cluster.address)
     dataset = training_dataset(prepared.queries, data.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
     cpus = cpus_per_worker(cluster.num_workers, cluster.use_gpu, cluster.cpus_per_worker)
-    plan = TrainingPlan(data, model, training, model_source, prepared.queries, cluster.num_workers, steps_per_epoch,
-                        total_steps, str(run_dir) if run_dir else "", torch_threads_for(cluster.cpus_per_worker),
-                        str(resume_from) if resume_from else None)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan},
@@ -109,7 +112,11 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
         datasets={"train": dataset},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.WorkerGroupError as error:
+        raise_user_error_of(error)
+        raise
     if result.checkpoint is None:
         raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
     with result.checkpoint.as_directory() as final:
@@ -120,6 +127,14 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
                        state.log, resumes[0] if resumes else None)
+
+
+def raise_user_error_of(error) -> None:
+    """If a worker failed on a RaytevError (bad data or settings), raise that instead of Ray's wrapper."""
+    for failure in error.worker_failures.values():
+        original = getattr(failure, "cause", failure)
+        if isinstance(original, RaytevError):
+            raise RaytevError(str(original)) from None
 
 
 def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
