@@ -25,14 +25,21 @@ def staged_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    replace_directory(staging, target)
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Rename the folder `source` to `target`, replacing a folder there.
+
+    The old folder is moved aside first, so the target name always holds a complete folder or none.
+    """
     if target.exists():
-        # Move the old folder aside first so the target name always holds a complete folder or none.
         retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         target.rename(retired)
-        staging.rename(target)
+        source.rename(target)
         shutil.rmtree(retired, ignore_errors=True)
     else:
-        staging.rename(target)
+        source.rename(target)
 
 
 def publish_contents(staging: Path, target: Path, last: str | None = None) -> None:
@@ -45,10 +52,7 @@ def publish_contents(staging: Path, target: Path, last: str | None = None) -> No
     for entry in entries:
         destination = target / entry.name
         if destination.is_dir() and not destination.is_symlink():
-            retired = destination.with_name(f".{destination.name}.old-{uuid.uuid4().hex[:8]}")
-            destination.rename(retired)
-            entry.rename(destination)
-            shutil.rmtree(retired, ignore_errors=True)
+            replace_directory(entry, destination)
         else:
             entry.replace(destination)
     staging.rmdir()

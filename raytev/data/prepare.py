@@ -11,7 +11,7 @@ from raytev import __version__
 from raytev.args import DataArguments, ModelArguments
 from raytev.data.arrow_rows import read_arrow_rows
 from raytev.data.cache import CacheTransaction, TokenTable, default_cache_dir, file_fingerprint, fingerprint
-from raytev.data.reading import NegativesConfig, read_source
+from raytev.data.reading import NegativesConfig, count_list_items, read_source
 from raytev.data.sources import DataSource, resolve_source
 from raytev.data.token_tables import write_corpus_table, write_queries_table
 from raytev.data.tokenize import TextTokenizer, load_tokenizer, tokenizer_dir, tokenizer_fingerprint
@@ -158,6 +158,6 @@ def validate_data(data: DataArguments) -> ValidationReport:
             table = read_arrow_rows(queries_text.queries_file)
             queries = table.num_rows
             if queries_text.has_groups:
-                positives = sum(len(row) for row in table.column("positive_rows").to_pylist())
-                negatives_count = sum(len(row) for row in table.column("negative_rows").to_pylist())
+                positives = count_list_items(table.column("positive_rows"))
+                negatives_count = count_list_items(table.column("negative_rows"))
     return ValidationReport(source, passages, queries, positives, negatives_count, time.perf_counter() - started)

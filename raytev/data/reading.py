@@ -140,13 +140,10 @@ def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus_docids: pa.C
                      negatives: NegativesConfig, problems: ProblemLog) -> QueriesText:
     """Training groups from a BEIR split: its queries, positives from qrels, negatives from a run or random."""
     judgements = read_qrels(qrels_path, problems)
-    known = pc.is_in(pa.array([j.docid for j in judgements], pa.string()), value_set=corpus_docids)
+    known = report_unknown_docids(judgements, corpus_docids, str(qrels_path), "corpus-id", problems)
     positives: dict[str, list[str]] = {}
-    for judgement, is_known in zip(judgements, known.to_pylist()):
-        if not is_known:
-            problems.add(str(qrels_path), judgement.line, f"docid '{judgement.docid}' is not in the corpus",
-                         field="corpus-id")
-        elif judgement.relevance > 0:
+    for judgement, is_known in zip(judgements, known):
+        if is_known and judgement.relevance > 0:
             positives.setdefault(judgement.query_id, []).append(judgement.docid)
     run = read_run(negatives.run_file, problems) if negatives.run_file else None
 
@@ -174,7 +171,8 @@ def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus_docids: pa.C
                          f"{queries.label}", field="query-id")
             positives.pop(judgement.query_id)  # one problem per unknown query
     if run is not None:
-        report_unknown_run_docids(run, corpus_docids, negatives.run_file, problems)
+        report_unknown_docids([entry for ranked in run.values() for entry in ranked], corpus_docids,
+                              negatives.run_file, "docid", problems)
     if not problems:
         resolve_group_rows(path, corpus_docids, queries.label, problems)
     return QueriesText(path, has_groups=True, passages_from="corpus")
@@ -190,14 +188,14 @@ def random_negative_docids(query_id: str, positive_docids: list[str], corpus_doc
     return [docid for docid in drawn if docid not in excluded][:negatives.count]
 
 
-def report_unknown_run_docids(run: dict, corpus_docids: pa.ChunkedArray, run_file: str,
-                              problems: ProblemLog) -> None:
-    """Docids in a run file that the corpus lacks are problems (the run belongs to another corpus)."""
-    entries = [entry for ranked in run.values() for entry in ranked]
-    known = pc.is_in(pa.array([entry.docid for entry in entries], pa.string()), value_set=corpus_docids)
-    for entry, is_known in zip(entries, known.to_pylist()):
+def report_unknown_docids(entries: list, corpus_docids: pa.ChunkedArray, source: str, field: str,
+                          problems: ProblemLog) -> list[bool]:
+    """Log every entry (with `.line` and `.docid`) whose docid the corpus lacks; return which are known."""
+    known = pc.is_in(pa.array([entry.docid for entry in entries], pa.string()), value_set=corpus_docids).to_pylist()
+    for entry, is_known in zip(entries, known):
         if not is_known:
-            problems.add(run_file, entry.line, f"docid '{entry.docid}' is not in the corpus", field="docid")
+            problems.add(source, entry.line, f"docid '{entry.docid}' is not in the corpus", field=field)
+    return known
 
 
 def report_duplicates(table: pa.Table, column: str, label: str, problems: ProblemLog) -> None:
@@ -209,6 +207,11 @@ def report_duplicates(table: pa.Table, column: str, label: str, problems: Proble
         lines = table.column("line").filter(pc.equal(ids, value)).to_pylist()
         problems.add(label, lines[1], f"{column} '{value}' appears again (first on line {lines[0]}); ids must "
                      "be unique", field=column)
+
+
+def count_list_items(column: pa.ChunkedArray) -> int:
+    """How many items the lists of a list column hold in all."""
+    return pc.sum(pc.list_value_length(column)).as_py() or 0
 
 
 def write_arrow_table(path: Path, table: pa.Table) -> None:

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from raytev.data.arrow_rows import read_arrow_rows
 from raytev.data.cache import ParquetShardWriter
-from raytev.data.reading import QueriesText
+from raytev.data.reading import QueriesText, count_list_items
 from raytev.data.tokenize import TextTokenizer, tokenize_arrow_texts
 
 TOKENS = pa.list_(pa.int32())
@@ -77,10 +77,9 @@ def write_queries_table(queries: QueriesText, query_tokenizer: TextTokenizer, ta
                 "positive_input_ids": gather_token_lists(chunk.column("positive_rows"), passage_tokens),
                 "negative_input_ids": gather_token_lists(chunk.column("negative_rows"), passage_tokens),
             }))
-        negatives_per_group = pc.list_value_length(texts.column("negative_rows"))
-        stats["positives"] = pc.sum(pc.list_value_length(texts.column("positive_rows"))).as_py() or 0
-        stats["negatives"] = pc.sum(negatives_per_group).as_py() or 0
-        stats["min_negatives"] = pc.min(negatives_per_group).as_py() or 0
+        stats["positives"] = count_list_items(texts.column("positive_rows"))
+        stats["negatives"] = count_list_items(texts.column("negative_rows"))
+        stats["min_negatives"] = pc.min(pc.list_value_length(texts.column("negative_rows"))).as_py() or 0
     writer.close()
     return {"rows": writer.rows, "files": writer.files, **stats}
 
