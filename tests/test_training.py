@@ -101,6 +101,15 @@ def checkpoints_on_disk(run_dir: Path) -> int:
     return len(list(run_dir.glob("checkpoint_step_*"))) if run_dir.is_dir() else 0
 
 
+def test_fp16_trains_with_a_gradient_scaler(ray_session, tiny_run):
+    result = raytev.train(**tiny_run, **TINY, max_steps=8, num_workers=0, save_steps=8, fp16=True)
+    losses = [entry["loss"] for entry in result.log]
+    assert result.steps == 8 and all(loss == loss and loss < 10 for loss in losses)
+    saved = torch.load(latest_checkpoint(Path(tiny_run["output_dir"]) / "checkpoints") / "optimizer.pt",
+                       weights_only=True)
+    assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0  # the scaler's state is checkpointed
+
+
 def kill_a_worker_after_two_checkpoints(run_dir: Path, killed: list, timeout: float = 240) -> None:
     """Once two checkpoints are on disk, SIGKILL one Ray Train worker process, as a lost node would.
 
