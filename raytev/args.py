@@ -112,8 +112,6 @@ class TrainingArguments:
     warmup_ratio: float = option(0.1, "Fraction of the steps over which the learning rate rises linearly from 0.")
     weight_decay: float = option(0.0, "AdamW weight decay (not applied to biases and LayerNorm weights).")
     max_grad_norm: float = option(1.0, "Clip gradients to this norm (0 turns clipping off).")
-    fp16: bool = option(False, "float16 autocast with a gradient scaler (GPU).")
-    bf16: bool = option(False, "bfloat16 autocast (GPU, and CPUs with avx512_bf16 or AMX).")
     grad_cache: bool = option(False, "GradCache: large batches in the memory of small chunks.")
     gc_q_chunk_size: int = option(4, "GradCache: queries per chunk.")
     gc_p_chunk_size: int = option(32, "GradCache: passages per chunk.")
@@ -123,10 +121,17 @@ class TrainingArguments:
     save_steps: int = option(500, "Save a checkpoint every this many steps (and at the end).")
     save_total_limit: int = option(2, "Checkpoints kept.")
     logging_steps: int = option(10, "Log loss, learning rate and throughput every this many steps.")
+    num_workers: int = option(1, "Training workers (one process each; 0 runs the loop in this process, for "
+                                 "debugging: no fault tolerance).")
+    cpus_per_worker: float | None = option(None, "CPUs reserved per worker (default: 1 with GPUs; on CPU, the "
+                                                 "cluster's CPUs shared out, leaving one for data reading).")
+    storage_path: str | None = option(None, "Where checkpoints go: a shared folder or a URI (s3://, gs://) for "
+                                            "multi-node runs (default: output_dir).")
+    max_failures: int = option(2, "Times a failed worker group restarts from the last checkpoint.")
 
     def __post_init__(self) -> None:
-        if self.fp16 and self.bf16:
-            raise RaytevError("--fp16 and --bf16 exclude each other: choose one.")
+        if self.num_workers < 0:
+            raise RaytevError(f"--num_workers must be 0 or more, got {self.num_workers}")
         for name in ("per_device_train_batch_size", "num_train_epochs", "save_steps", "save_total_limit",
                      "logging_steps", "gc_q_chunk_size", "gc_p_chunk_size"):
             if getattr(self, name) < 1:
@@ -136,20 +141,153 @@ class TrainingArguments:
 
 
 @dataclass
+class PrecisionArguments:
+    """Numeric precision of the model's forward (and backward) passes."""
+
+    fp16: bool = option(False, "float16 autocast (GPU; training adds a gradient scaler).")
+    bf16: bool = option(False, "bfloat16 autocast (GPU, and CPUs with avx512_bf16 or AMX).")
+
+    def __post_init__(self) -> None:
+        if self.fp16 and self.bf16:
+            raise RaytevError("--fp16 and --bf16 exclude each other: choose one.")
+
+    @property
+    def autocast_dtype(self):
+        """The torch dtype to autocast to, or None for full precision."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+
+
+@dataclass
+class EncodeArguments:
+    """What `raytev encode` reads and writes (Tevatron's flags)."""
+
+    encode_output_path: str | None = option(
+        None, "Folder of embedding shards (or the .pkl file with --output_format tevatron-pickle); re-running "
+              "with the same path finishes an interrupted encoding.", aliases=["encoded_save_path"])
+    dataset_number_of_shards: int = option(1, "Split the input into this many parts and encode one of them "
+                                              "(to spread encoding over separate jobs).", aliases=["encode_num_shard"])
+    dataset_shard_index: int = option(0, "Which part to encode (0-based).", aliases=["encode_shard_index"])
+    output_format: str = option("parquet", "parquet shards, or Tevatron's (reps, ids) pickle.",
+                                choices=["parquet", "tevatron-pickle"])
+    overwrite_output: bool = option(False, "Discard embeddings already at the output path instead of resuming.")
+
+    def __post_init__(self) -> None:
+        if self.dataset_number_of_shards < 1:
+            raise RaytevError(f"--dataset_number_of_shards must be at least 1, got {self.dataset_number_of_shards}")
+        if not 0 <= self.dataset_shard_index < self.dataset_number_of_shards:
+            raise RaytevError(f"--dataset_shard_index must be in [0, {self.dataset_number_of_shards}), got "
+                              f"{self.dataset_shard_index}")
+
+
+@dataclass
+class EncoderArguments:
+    """How encoding runs: batch size and the Ray actor pool."""
+
+    per_device_eval_batch_size: int = option(128, "Texts per forward pass.")
+    num_actors: int = option(1, "Model copies encoding in parallel (Ray actors; one GPU each with --use_gpu).")
+    cpus_per_actor: float = option(0.5, "CPUs each actor reserves (fractional, so small machines keep room "
+                                        "for reading the data); it computes with the node's cores shared out.")
+    rows_per_shard: int = option(50_000, "Vectors per output shard: the unit an interrupted encoding resumes from.")
+
+    def __post_init__(self) -> None:
+        for name in ("per_device_eval_batch_size", "num_actors", "rows_per_shard"):
+            if getattr(self, name) < 1:
+                raise RaytevError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class IndexArguments:
+    """Which FAISS index to build."""
+
+    index_factory: str = option("Flat", "FAISS index_factory spec (inner product): Flat (exact), HNSW32, "
+                                        "IVF4096,PQ64, ...; trained on a sample when the type needs it.")
+
+
+@dataclass
+class IndexBuildArguments:
+    """What `raytev index` reads and writes."""
+
+    passage_reps: str | None = option(None, "Passage embeddings: the folder `raytev encode` wrote, or a glob.")
+    index_output_path: str | None = option(None, "Folder the index (FAISS file, ids, index.json) is saved to.")
+
+
+@dataclass
+class RetrievalArguments:
+    """How many passages to retrieve per query, and how."""
+
+    depth: int = option(1000, "Passages retrieved per query.")
+    batch_size: int = option(-1, "Queries per search call (-1: all at once).")
+    shard_search: bool = option(False, "Search one shard at a time and merge the top-k (for corpora larger "
+                                       "than memory).")
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise RaytevError(f"--depth must be at least 1, got {self.depth}")
+
+
+@dataclass
+class SearchArguments:
+    """What `raytev search` reads and writes (Tevatron's flags)."""
+
+    query_reps: str | None = option(None, "Query embeddings: a folder `raytev encode --encode_is_query` wrote.")
+    passage_reps: str | None = option(None, "Passage embeddings (folder or glob of shards) or a saved index.")
+    save_ranking_to: str | None = option(None, "Run file to write.")
+    save_text: bool = option(False, "Accepted for Tevatron's scripts: runs are always written as text.")
+    format: str = option("tevatron", "Run format: tevatron (qid docid score), trec (six columns) or msmarco "
+                                     "(qid docid rank).", choices=["tevatron", "trec", "msmarco"])
+    input_format: str = option("parquet", "Embeddings format: raytev's Parquet shards, or Tevatron pickles "
+                                          "(unpickling runs code: only for files you trust).",
+                               choices=["parquet", "tevatron-pickle"])
+
+
+@dataclass
+class PipelineArguments:
+    """What `raytev pipeline` adds: whether to train first, and on which split."""
+
+    do_train: bool = option(False, "Fine-tune first (on --train_split); without it the model is evaluated as is.")
+    train_split: str = option("train", "Split the model is fine-tuned on (the evaluation split is --split).")
+
+
+@dataclass
+class MineArguments:
+    """Hard-negative mining (Tevatron's hn_mining)."""
+
+    save_to: str | None = option(None, "Training JSONL to write: the original groups, then the mined ones.",
+                                 aliases=["mine_output_path"])
+    negative_rank_start: int = option(1, "Mined negatives come from ranks start..end (1-based, inclusive) after "
+                                         "dropping positives.")
+    negative_rank_end: int = option(100, "Last rank negatives may come from.")
+    n_sample: int = option(30, "Negatives kept per query, drawn at random (seeded) from that rank range.")
+    keep_original_groups: bool = option(True, "Write the original groups too, before the mined ones (as "
+                                              "Tevatron's hn_mining output is used).")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.negative_rank_start <= self.negative_rank_end:
+            raise RaytevError("--negative_rank_start must be at least 1 and at most --negative_rank_end, got "
+                              f"{self.negative_rank_start}..{self.negative_rank_end}")
+
+
+@dataclass
 class RayArguments:
     """Where the work runs."""
 
-    num_workers: int = option(1, "Training workers (one process each; 0 runs the loop in this process, for "
-                                 "debugging: no fault tolerance).")
-    use_gpu: bool = option(False, "One GPU per worker; NCCL between workers (gloo on CPU).")
-    cpus_per_worker: float | None = option(None, "CPUs reserved per worker (default: 1 with GPUs; on CPU, the "
-                                                 "cluster's CPUs shared out, leaving room for data reading).")
+    use_gpu: bool = option(False, "Use GPUs: one per training worker or encoding actor (NCCL between workers).")
     address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start one "
                                         "here, or join RAY_ADDRESS.")
-    storage_path: str | None = option(None, "Where checkpoints go: a shared folder or a URI (s3://, gs://) for "
-                                            "multi-node runs (default: output_dir).")
-    max_failures: int = option(2, "Times a failed worker group restarts from the last checkpoint.")
 
-    def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise RaytevError(f"--num_workers must be 0 or more, got {self.num_workers}")
+
+@dataclass
+class EvalArguments:
+    """Scoring a run against qrels, or QA answer accuracy."""
+
+    run: str | None = option(None, "Run file: Tevatron `qid docid score` or TREC six columns.")
+    qrels: str | None = option(None, "Qrels: BEIR TSV (with header) or TREC `qid 0 docid rel`.")
+    metrics: str = option("nDCG@10,MRR@10,R@100,R@1000,MAP", "Comma-separated metrics (any ir_measures name).")
+    json: bool = option(False, "Print one JSON object instead of a table.")
+    qa_answers: str | None = option(None, "QA: queries with `answers` (Tevatron JSONL or queries JSONL); reports "
+                                          "top-k answer accuracy instead of qrels metrics.")
+    qa_corpus: str | None = option(None, "QA: the corpus (JSONL/TSV) whose passage texts are checked for answers.")
+    regex: bool = option(False, "QA: answers are regular expressions (as in DPR's CuratedTREC).")
+    top_k: str = option("1,5,20,100", "QA: the k of top-k accuracy, comma-separated.")

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raytev import __version__
-from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
+from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, EvalArguments, IndexArguments,
+                         IndexBuildArguments, MineArguments, ModelArguments, PipelineArguments, PrecisionArguments,
+                         RayArguments, RetrievalArguments, SearchArguments, TrainingArguments)
 from raytev.errors import RaytevError
 from raytev.flags import parse_options
 
@@ -68,11 +70,12 @@ def run_data_validate(data: DataArguments) -> int:
     return 0
 
 
-def run_train(data: DataArguments, model: ModelArguments, training: TrainingArguments, cluster: RayArguments) -> int:
+def run_train(data: DataArguments, model: ModelArguments, training: TrainingArguments,
+              precision: PrecisionArguments, cluster: RayArguments) -> int:
     """`raytev train`."""
     from raytev.training.trainer import train
 
-    result = train(data, model, training, cluster)
+    result = train(data, model, training, precision, cluster)
     losses = [entry["loss"] for entry in result.log if "loss" in entry]
     resumed = f", resumed from step {result.resumed_from}" if result.resumed_from is not None else ""
     loss = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
@@ -81,11 +84,114 @@ def run_train(data: DataArguments, model: ModelArguments, training: TrainingArgu
     return 0
 
 
+def run_encode(data: DataArguments, model: ModelArguments, options: EncodeArguments, encoder: EncoderArguments,
+               precision: PrecisionArguments, cluster: RayArguments) -> int:
+    """`raytev encode`."""
+    from raytev.encoding.encoder import encode
+
+    result = encode(data, model, options, encoder, precision, cluster)
+    reused = f", {result.reused_shards} of {result.shards} shards kept from an earlier run" if result.reused_shards else ""
+    print(f"encoded {result.rows:,} texts ({result.dim} dims) in {result.seconds:.1f} s "
+          f"({result.rows_per_second:.1f}/s){reused} -> {result.output}")
+    return 0
+
+
+def run_eval(args: EvalArguments) -> int:
+    """`raytev eval`."""
+    from raytev.eval.files import evaluate_files
+    from raytev.eval.report import format_json, format_table
+
+    evaluation = evaluate_files(args)
+    print(format_json(evaluation) if args.json else format_table(evaluation, title=args.run))
+    return 0
+
+
+def run_index(build: IndexBuildArguments, index: IndexArguments, cluster: RayArguments) -> int:
+    """`raytev index`."""
+    from raytev.errors import RaytevError
+    from raytev.index.build import build_index
+    from raytev.index.storage import save_index
+
+    if not (build.passage_reps and build.index_output_path):
+        raise RaytevError("pass --passage_reps (embeddings) and --index_output_path (where the index goes).")
+    built = build_index(build.passage_reps, index.index_factory, use_gpu=cluster.use_gpu)
+    folder = save_index(built, build.index_output_path)
+    print(f"{built.info.describe()} -> {folder}")
+    return 0
+
+
+def run_search(options: SearchArguments, retrieval: RetrievalArguments) -> int:
+    """`raytev search`."""
+    from raytev.retrieval import search_files
+
+    queries, lines, seconds = search_files(options.query_reps, options.passage_reps, options.save_ranking_to,
+                                           retrieval, options.format, options.input_format)
+    print(f"searched {queries:,} queries (depth {retrieval.depth}) in {seconds:.1f} s: {lines:,} lines "
+          f"({options.format}) -> {options.save_ranking_to}")
+    return 0
+
+
+def run_pipeline_command(data: DataArguments, model: ModelArguments, training: TrainingArguments,
+                         encoder: EncoderArguments, index: IndexArguments, retrieval: RetrievalArguments,
+                         precision: PrecisionArguments, cluster: RayArguments, pipeline: PipelineArguments) -> int:
+    """`raytev pipeline`."""
+    from raytev.eval.report import format_table
+    from raytev.pipeline import METRICS_FILE, run_pipeline
+
+    result = run_pipeline(data, model, training, encoder, index, retrieval, precision, cluster, pipeline)
+    print(f"stages:\n{result.stage_table()}")
+    print(format_table(result.metrics, title=f"{result.model} on {data.dataset_name or data.dataset_path} "
+                                             f"{data.dataset_split}"))
+    print(f"metrics written to {result.output_dir / METRICS_FILE}")
+    return 0
+
+
+def run_mine(data: DataArguments, model: ModelArguments, encoder: EncoderArguments, index: IndexArguments,
+             retrieval: RetrievalArguments, precision: PrecisionArguments, cluster: RayArguments,
+             options: MineArguments) -> int:
+    """`raytev mine`."""
+    from raytev.mining import mine
+
+    result = mine(data, model, encoder, index, retrieval, precision, cluster, options)
+    print(f"mined {result.mined_negatives:,} negatives for {result.groups:,} queries in {result.seconds:.1f} s "
+          f"-> {result.output}")
+    return 0
+
+
+def run_demo_command(cluster: RayArguments) -> int:
+    """`raytev demo`."""
+    from raytev.demo import comparison_table, run_demo
+
+    result = run_demo(cluster=cluster)
+    print(comparison_table(result.before, result.after))
+    print(f"chart: {result.chart}")
+    print(f"fine-tuned model: {result.model_dir}\nits index: {result.index_dir}")
+    print(f"demo finished in {result.seconds / 60:.1f} min")
+    return 0
+
+
 COMMANDS = (
     Command(("data", "prepare"), "validate, tokenize and cache a dataset (reused while its inputs are unchanged)",
             (DataArguments, ModelArguments), run_data_prepare),
     Command(("train",), "fine-tune a dense retriever on Ray Train (resumes from output_dir's checkpoints)",
-            (DataArguments, ModelArguments, TrainingArguments, RayArguments), run_train),
+            (DataArguments, ModelArguments, TrainingArguments, PrecisionArguments, RayArguments), run_train),
+    Command(("encode",), "encode a corpus (or its queries) into embedding shards on a Ray Data actor pool",
+            (DataArguments, ModelArguments, EncodeArguments, EncoderArguments, PrecisionArguments, RayArguments),
+            run_encode),
+    Command(("eval",), "score a run against qrels (nDCG@10, MRR@10, R@100, R@1000, MAP) or QA answer accuracy",
+            (EvalArguments,), run_eval),
+    Command(("index",), "build a FAISS index (flat or any index_factory spec) from embedding shards",
+            (IndexBuildArguments, IndexArguments, RayArguments), run_index),
+    Command(("search",), "retrieve the top passages for every query and write a run file",
+            (SearchArguments, RetrievalArguments), run_search),
+    Command(("mine",), "mine hard negatives with a model's own retrieval into Tevatron training JSONL",
+            (DataArguments, ModelArguments, EncoderArguments, IndexArguments, RetrievalArguments, PrecisionArguments,
+             RayArguments, MineArguments), run_mine),
+    Command(("pipeline",), "[train,] encode, index, search and evaluate in one command",
+            (DataArguments, ModelArguments, TrainingArguments, EncoderArguments, IndexArguments, RetrievalArguments,
+             PrecisionArguments, RayArguments, PipelineArguments), run_pipeline_command),
+    Command(("demo",), "the offline demo: SciFact + MiniLM, zero-shot, mined negatives, fine-tuned, compared",
+            (RayArguments,), run_demo_command),
     Command(("data", "validate"), "check a dataset's files; problems are reported by file, line and field",
             (DataArguments,), run_data_validate),
 )

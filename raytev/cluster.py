@@ -30,3 +30,9 @@ def cpus_per_worker(num_workers: int, use_gpu: bool, asked: float | None) -> flo
     total = ray.cluster_resources().get("CPU", 1.0)
     share = (total - 1.0) / num_workers
     return max(0.25, int(share * 4) / 4)
+
+
+def node_cpus() -> int:
+    """CPUs of the largest node in the cluster (the local machine's when Ray runs here)."""
+    sizes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return int(max(sizes)) if sizes else (os.cpu_count() or 1)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from raytev.staging import staged_directory
 
 # Bump when the layout or the meaning of a column changes: old tables are then simply not found.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: tables carry a `row` column
 MANIFEST = "manifest.json"
 
 

@@ -127,7 +127,7 @@ def resolve_source(args: DataArguments, hub_cache_dir: str | None = None) -> Dat
         if source.qrels is not None:
             raise RaytevError("--corpus_path is for training groups that name docids; a BEIR folder has its "
                               "own corpus.")
-        corpus_files = _expand_paths(args.corpus_path)
+        corpus_files = expand_paths(args.corpus_path)
         source = DataSource(source.label, RecordFiles("corpus", corpus_files), source.queries, source.qrels)
     return source
 
@@ -143,12 +143,12 @@ def _local_source(path_text: str, args: DataArguments) -> DataSource:
                               "qrels/) nor *.jsonl files: point --dataset_path at the data files.")
         paths = tuple(files)
     else:
-        paths = _expand_paths(path_text)
+        paths = expand_paths(path_text)
     kind = _file_kind(paths[0], args.encode_is_query)
     return DataSource(str(path), **{"corpus" if kind == "corpus" else "queries": RecordFiles(kind, paths)})
 
 
-def _expand_paths(path_text: str) -> tuple[Path, ...]:
+def expand_paths(path_text: str) -> tuple[Path, ...]:
     if any(char in path_text for char in "*?["):
         paths = tuple(Path(p) for p in sorted(glob.glob(path_text)))
         if not paths:

@@ -13,7 +13,8 @@ from raytev.data.reading import QueriesText, count_list_items
 from raytev.data.tokenize import TextTokenizer, tokenize_arrow_texts
 
 TOKENS = pa.list_(pa.int32())
-CORPUS_SCHEMA = pa.schema([("docid", pa.string()), ("input_ids", TOKENS)])
+# `row` numbers rows across shards, so readers can select row ranges (with Parquet filter pushdown).
+CORPUS_SCHEMA = pa.schema([("row", pa.int64()), ("docid", pa.string()), ("input_ids", TOKENS)])
 # Group rows carry their candidates' tokens, so training streams rows with no lookups on the workers.
 GROUP_COLUMNS = [("positive_docids", pa.list_(pa.string())), ("negative_docids", pa.list_(pa.string())),
                  ("positive_input_ids", pa.list_(TOKENS)), ("negative_input_ids", pa.list_(TOKENS))]
@@ -22,7 +23,7 @@ GROUPS_PER_CHUNK = 1024
 
 def queries_schema(has_groups: bool) -> pa.Schema:
     """Columns of a queries table: with group columns when it holds training groups."""
-    fields = [("query_id", pa.string()), ("input_ids", TOKENS), ("answers", pa.list_(pa.string()))]
+    fields = [("row", pa.int64()), ("query_id", pa.string()), ("input_ids", TOKENS), ("answers", pa.list_(pa.string()))]
     return pa.schema(fields + (GROUP_COLUMNS if has_groups else []))
 
 
@@ -39,7 +40,7 @@ def write_corpus_table(text_file: Path, tokenizer: TextTokenizer, table_dir: Pat
     tokens = tokenize_arrow_texts(text_file, tokenizer, work_dir(table_dir), "passages", num_proc)
     docids = read_arrow_rows(text_file).column("docid")
     writer = ParquetShardWriter(table_dir, CORPUS_SCHEMA)
-    writer.write(pa.table({"docid": docids, "input_ids": tokens}))
+    writer.write(pa.table({"row": pa.array(range(len(docids)), pa.int64()), "docid": docids, "input_ids": tokens}))
     writer.close()
     return {"rows": writer.rows, "files": writer.files, **token_stats(tokens, tokenizer.max_len)}
 
@@ -57,7 +58,8 @@ def write_queries_table(queries: QueriesText, query_tokenizer: TextTokenizer, ta
     writer = ParquetShardWriter(table_dir, queries_schema(queries.has_groups), row_group_rows=GROUPS_PER_CHUNK)
     stats = {"query_" + key: value for key, value in token_stats(query_tokens, query_tokenizer.max_len).items()}
     if not queries.has_groups:
-        writer.write(pa.table({"query_id": texts.column("query_id"), "input_ids": query_tokens,
+        writer.write(pa.table({"row": pa.array(range(texts.num_rows), pa.int64()),
+                               "query_id": texts.column("query_id"), "input_ids": query_tokens,
                                "answers": texts.column("answers")}))
     else:
         passage_tokens = corpus_tokens
@@ -69,6 +71,7 @@ def write_queries_table(queries: QueriesText, query_tokenizer: TextTokenizer, ta
         for start in range(0, texts.num_rows, GROUPS_PER_CHUNK):
             chunk = texts.slice(start, GROUPS_PER_CHUNK)
             writer.write(pa.table({
+                "row": pa.array(range(start, start + chunk.num_rows), pa.int64()),
                 "query_id": chunk.column("query_id"),
                 "input_ids": query_tokens.slice(start, GROUPS_PER_CHUNK),
                 "answers": chunk.column("answers"),

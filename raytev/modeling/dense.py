@@ -142,3 +142,19 @@ class DenseModel(torch.nn.Module):
             self.settings.save(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
+
+
+def describe_model(path_or_name: str, cache_dir: str | None = None, **overrides) -> tuple[DenseModelSettings, int]:
+    """The settings a DenseModel would load with, and its embedding size, read without loading the weights."""
+    from transformers import AutoConfig
+
+    path_or_name = str(path_or_name)
+    check_model_source(path_or_name)
+    saved = read_saved_settings(path_or_name, cache_dir)
+    settings = resolve_settings(path_or_name, saved, overrides, cache_dir)
+    subfolder = QUERY_SUBFOLDER if saved is not None and saved.untied else ""
+    try:
+        config = AutoConfig.from_pretrained(path_or_name, subfolder=subfolder, cache_dir=cache_dir)
+    except (OSError, ValueError) as error:
+        raise RaytevError(f"could not read the model configuration of '{path_or_name}': {error}") from error
+    return settings, int(config.hidden_size)

@@ -44,7 +44,7 @@ def train_loop_per_worker(config: dict) -> None:
         model = wrap_for_training(model)
         optimizer = build_optimizer(unwrap(model), plan.training)
         scheduler = build_scheduler(optimizer, plan.training, plan.total_steps)
-        scaler = torch.amp.GradScaler(device.type) if plan.training.fp16 else None
+        scaler = torch.amp.GradScaler(device.type) if plan.precision.fp16 else None
         state = TrainerState(data_fingerprint=plan.queries.manifest["fingerprint"],
                              global_batch_size=plan.global_batch_size)
         if resume_dir is not None:
@@ -116,7 +116,7 @@ def train_step(model, batch, device, step_function, optimizer, scheduler, scaler
     """One optimizer step on one batch: forward/backward, unscale and clip, step, schedule."""
     model.train()
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-    loss = step_function(model, batch, autocast_dtype=plan.autocast_dtype, scaler=scaler)
+    loss = step_function(model, batch, autocast_dtype=plan.precision.autocast_dtype, scaler=scaler)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if plan.training.max_grad_norm > 0:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
+from raytev.args import DataArguments, ModelArguments, PrecisionArguments, TrainingArguments
 from raytev.data.cache import TokenTable
 from raytev.errors import RaytevError
 from raytev.training.state import TrainerState
@@ -19,6 +17,7 @@ class TrainingPlan:
     data: DataArguments
     model: ModelArguments
     training: TrainingArguments
+    precision: PrecisionArguments
     model_source: str  # folder or hub name the model starts from
     queries: TokenTable  # the prepared training groups
     num_workers: int  # 0: the loop runs in the driver's process
@@ -33,15 +32,10 @@ class TrainingPlan:
         """Queries per optimizer step across all workers."""
         return self.training.per_device_train_batch_size * max(self.num_workers, 1)
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The mixed-precision dtype asked for, or None for full precision."""
-        return torch.bfloat16 if self.training.bf16 else torch.float16 if self.training.fp16 else None
 
-
-def step_counts(num_queries: int, training: TrainingArguments, cluster: RayArguments) -> tuple[int, int]:
+def step_counts(num_queries: int, training: TrainingArguments) -> tuple[int, int]:
     """(steps per epoch, total steps): workers get equal shares of the queries; partial batches are dropped."""
-    workers = max(cluster.num_workers, 1)
+    workers = max(training.num_workers, 1)
     steps_per_epoch = num_queries // workers // training.per_device_train_batch_size
     if steps_per_epoch == 0:
         raise RaytevError(

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytev.args import DataArguments, ModelArguments, RayArguments, TrainingArguments
+from raytev.args import DataArguments, ModelArguments, PrecisionArguments, RayArguments, TrainingArguments
 from raytev.bundled import resolve_model_path
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
@@ -57,7 +57,7 @@ def is_local(storage_path: str) -> bool:
     return "://" not in storage_path or storage_path.startswith("file://")
 
 
-def train(data: DataArguments, model: ModelArguments, training: TrainingArguments,
+def train(data: DataArguments, model: ModelArguments, training: TrainingArguments, precision: PrecisionArguments,
           cluster: RayArguments) -> TrainResult:
     """Fine-tune a dense retriever on Ray Train and save it to `training.output_dir`."""
     import ray.train
@@ -76,17 +76,17 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
     model_source = resolve_model_path(model.model_name_or_path)
     prepared = prepare_data(data, dataclasses.replace(model, model_name_or_path=model_source))
 
-    steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training, cluster)
-    storage_path, run_name = checkpoint_location(output_dir, cluster.storage_path)
+    steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training)
+    storage_path, run_name = checkpoint_location(output_dir, training.storage_path)
     run_dir = Path(storage_path) / run_name if is_local(storage_path) else None
-    if cluster.num_workers == 0 and run_dir is None:
+    if training.num_workers == 0 and run_dir is None:
         raise RaytevError("--num_workers 0 keeps checkpoints itself and needs a local --storage_path.")
     if training.overwrite_output_dir:
         clear_previous_run(output_dir, run_dir, storage_path, run_name)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
-    plan = TrainingPlan(data, model, training, model_source, prepared.queries, cluster.num_workers, steps_per_epoch,
-                        total_steps, str(run_dir) if run_dir else "", torch_threads_for(cluster.cpus_per_worker),
-                        str(resume_from) if resume_from else None)
+    plan = TrainingPlan(data, model, training, precision, model_source, prepared.queries, training.num_workers,
+                        steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
+                        torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None)
     if resume_from is not None:
         previous = read_trainer_state(resume_from)
         check_resumable(previous, plan, str(resume_from))
@@ -99,16 +99,16 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
     dataset = training_dataset(prepared.queries, data.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
-    cpus = cpus_per_worker(cluster.num_workers, cluster.use_gpu, cluster.cpus_per_worker)
+    cpus = cpus_per_worker(training.num_workers, cluster.use_gpu, training.cpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"plan": plan},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cluster.num_workers, use_gpu=cluster.use_gpu,
+            num_workers=training.num_workers, use_gpu=cluster.use_gpu,
             resources_per_worker={"CPU": cpus} if cpus is not None else None),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
         datasets={"train": dataset},
     )
@@ -123,7 +123,8 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
         state = read_trainer_state(Path(final))
         export_model(Path(final), output_dir, prepared.tokenizer_dir, state.log,
                      {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
-                      "training": dataclasses.asdict(training), "ray": dataclasses.asdict(cluster)})
+                      "training": dataclasses.asdict(training), "precision": dataclasses.asdict(precision),
+                      "ray": dataclasses.asdict(cluster)})
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
                        state.log, resumes[0] if resumes else None)

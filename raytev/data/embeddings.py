@@ -1,0 +1,219 @@
+"""Embeddings on disk: a folder of Parquet shards (`id`, `embedding`) and a manifest; Tevatron pickles on request.
+
+A shard appears under its final name only when complete, and the manifest lists only finished shards, so an
+interrupted encoding resumes where it stopped and a reader never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raytev.errors import RaytevError
+
+MANIFEST = "manifest.json"
+FORMAT = "raytev-embeddings"
+VERSION = 1
+
+
+@dataclass
+class EmbeddingsManifest:
+    """What a folder of embeddings holds and how it was made."""
+
+    model: str
+    dim: int
+    kind: str  # "passages" or "queries"
+    pooling: str = ""
+    normalize: bool = False
+    dtype: str = "float32"
+    source: str = ""  # the token table (fingerprint) the vectors were computed from
+    planned_shards: int = 0
+    shards: dict[str, int] = field(default_factory=dict)  # finished shard file -> rows
+    format: str = FORMAT
+    version: int = VERSION
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned shard is finished."""
+        return len(self.shards) == self.planned_shards
+
+    @property
+    def count(self) -> int:
+        """Vectors in the finished shards."""
+        return sum(self.shards.values())
+
+    def same_run(self, other: EmbeddingsManifest) -> bool:
+        """Whether two manifests describe the same encoding (so one may resume the other)."""
+        keys = ("model", "dim", "kind", "pooling", "normalize", "dtype", "source", "planned_shards")
+        return all(getattr(self, key) == getattr(other, key) for key in keys)
+
+
+def shard_name(index: int) -> str:
+    """The file name of shard `index`."""
+    return f"shard-{index:05d}.parquet"
+
+
+def read_manifest(directory: Path) -> EmbeddingsManifest | None:
+    """The manifest of an embeddings folder, or None if it has none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    if values.get("format") != FORMAT:
+        raise RaytevError(f"{path} is not a raytev embeddings manifest")
+    return EmbeddingsManifest(**values)
+
+
+def _write_json_atomically(path: Path, values: dict) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    temporary.replace(path)
+
+
+class EmbeddingsWriter:
+    """Writes shards of an embeddings folder one by one; re-opening a folder resumes its unfinished shards."""
+
+    def __init__(self, directory: str | os.PathLike, manifest: EmbeddingsManifest, overwrite: bool = False):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = read_manifest(self.directory)
+        if existing is not None and not overwrite and not existing.same_run(manifest):
+            raise RaytevError(
+                f"{self.directory} holds embeddings of another run ({existing.model}, {existing.kind}, "
+                f"{existing.planned_shards} shards): use another output path, or overwrite it.")
+        if existing is not None and not overwrite:
+            manifest.shards = {name: rows for name, rows in existing.shards.items()
+                               if (self.directory / name).is_file()}
+        else:
+            for stale in self.directory.glob("shard-*.parquet"):
+                stale.unlink()
+        self.manifest = manifest
+        _write_json_atomically(self.directory / MANIFEST, asdict(self.manifest))
+
+    def finished(self) -> set[int]:
+        """Indexes of the shards already written."""
+        return {int(name[len("shard-"):-len(".parquet")]) for name in self.manifest.shards}
+
+    def write_shard(self, index: int, ids: list[str] | pa.Array, vectors: np.ndarray) -> None:
+        """Write shard `index` under a temporary name, rename it into place, then record it in the manifest."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dim or len(vectors) != len(ids):
+            raise ValueError(f"shard {index}: expected {len(ids)} x {self.manifest.dim} vectors, got {vectors.shape}")
+        name = shard_name(index)
+        table = pa.table({"id": pa.array(ids, pa.string()),
+                          "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
+                                                                         self.manifest.dim)})
+        temporary = self.directory / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(table, temporary)
+        temporary.replace(self.directory / name)
+        self.manifest.shards[name] = len(ids)
+        _write_json_atomically(self.directory / MANIFEST, asdict(self.manifest))
+
+
+@dataclass
+class EmbeddingShard:
+    """One Parquet shard of embeddings and the manifest of its folder (None for a bare shard file)."""
+
+    path: Path
+    manifest: EmbeddingsManifest | None
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids as an object array of str, vectors as float32 [n, dim])."""
+        table = pq.read_table(self.path, memory_map=True)
+        column = table.column("embedding").combine_chunks()
+        dim = column.type.list_size
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        return np.asarray(table.column("id").to_pylist(), dtype=object), vectors
+
+    @property
+    def dim(self) -> int:
+        """The vector dimension, from the file's schema."""
+        return pq.read_schema(self.path).field("embedding").type.list_size
+
+
+def find_shards(location: str) -> list[EmbeddingShard]:
+    """Every shard named by a folder (with its manifest), a shard file, or a glob of either; checked to agree.
+
+    Fails clearly when nothing matches, an encoding is unfinished, a listed shard is missing, or shards
+    disagree on dimension or model.
+    """
+    matches = sorted(glob.glob(os.path.expanduser(location))) if any(c in location for c in "*?[") \
+        else [os.path.expanduser(location)]
+    if not matches or not all(os.path.exists(match) for match in matches):
+        raise RaytevError(f"no embeddings at {location}: give the folder `raytev encode` wrote, a shard file, "
+                          "or a glob of them.")
+    shards: list[EmbeddingShard] = []
+    for match in map(Path, matches):
+        if match.is_dir():
+            shards.extend(_folder_shards(match))
+        elif match.suffix == ".parquet":
+            shards.append(EmbeddingShard(match, read_manifest(match.parent)))
+        else:
+            raise RaytevError(f"{match} is neither an embeddings folder nor a .parquet shard (Tevatron pickles "
+                              "load only with --input_format tevatron-pickle).")
+    _check_agreement(shards)
+    return shards
+
+
+def _folder_shards(folder: Path) -> list[EmbeddingShard]:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise RaytevError(f"{folder} has no {MANIFEST}: it is not a folder written by `raytev encode`.")
+    if not manifest.complete:
+        raise RaytevError(f"{folder}: encoding is unfinished ({len(manifest.shards)} of {manifest.planned_shards} "
+                          "shards); run the same `raytev encode` again to finish it.")
+    missing = [name for name in manifest.shards if not (folder / name).is_file()]
+    if missing:
+        raise RaytevError(f"{folder}: shards listed in {MANIFEST} are missing: {', '.join(missing[:5])}; "
+                          "re-run `raytev encode` with the same output to rewrite them.")
+    return [EmbeddingShard(folder / name, manifest) for name in sorted(manifest.shards)]
+
+
+def _check_agreement(shards: list[EmbeddingShard]) -> None:
+    dims = {shard.path: shard.dim for shard in shards}
+    if len(set(dims.values())) > 1:
+        listing = ", ".join(f"{path} ({dim})" for path, dim in list(dims.items())[:6])
+        raise RaytevError(f"embedding shards disagree on dimension: {listing}; they come from different models.")
+    models = {shard.manifest.model for shard in shards if shard.manifest is not None}
+    if len(models) > 1:
+        raise RaytevError(f"embedding shards come from different models: {', '.join(sorted(models))}; encode "
+                          "everything with one model.")
+
+
+def iter_embeddings(location: str) -> Iterator[tuple[EmbeddingShard, np.ndarray, np.ndarray]]:
+    """(shard, ids, vectors) for every shard at `location`, one shard in memory at a time."""
+    for shard in find_shards(location):
+        ids, vectors = shard.read()
+        yield shard, ids, vectors
+
+
+def load_embeddings(location: str) -> tuple[np.ndarray, np.ndarray]:
+    """All ids and vectors at `location`, concatenated in shard order."""
+    parts = [(ids, vectors) for _, ids, vectors in iter_embeddings(location)]
+    return np.concatenate([ids for ids, _ in parts]), np.concatenate([vectors for _, vectors in parts])
+
+
+def write_tevatron_pickle(path: str | os.PathLike, vectors: np.ndarray, ids: list[str]) -> None:
+    """Tevatron's `(reps, ids)` pickle, for scripts that expect it (written via a temporary name)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(temporary, "wb") as handle:
+        pickle.dump((np.asarray(vectors, dtype=np.float32), list(ids)), handle, protocol=4)
+    temporary.replace(path)
+
+
+def read_tevatron_pickle(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Tevatron's `(reps, ids)` pickle as (ids, vectors). Unpickling runs code: only for files you trust."""
+    with open(path, "rb") as handle:
+        vectors, ids = pickle.load(handle)  # noqa: S301 - an explicit import option, see the docstring
+    return np.asarray([str(i) for i in ids], dtype=object), np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,43 @@
+"""Token lists in, vectors out: the model loaded once, batches sorted by length so they carry little padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raytev.data.collate import pad_token_lists
+from raytev.modeling.dense import DenseModel
+
+
+class BatchEncoder:
+    """Encodes batches of rows (`row`, an id column, `input_ids`) into `embedding` vectors; one per Ray actor."""
+
+    def __init__(self, model_path: str, model_options: dict, is_query: bool, id_column: str, batch_size: int,
+                 pad_token_id: int, autocast_dtype: str | None = None, device: str = "cpu",
+                 torch_threads: int | None = None):
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = torch.device(device)
+        self.model = DenseModel.from_pretrained(model_path, **model_options).to(self.device).eval()
+        self.encode = self.model.encode_query if is_query else self.model.encode_passage
+        self.id_column, self.batch_size, self.pad_token_id = id_column, batch_size, pad_token_id
+        self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Vectors for a batch of rows, returned in the rows' order."""
+        token_lists = batch["input_ids"]
+        # Longest first: similar lengths share a forward pass, and memory peaks at the start if at all.
+        order = np.argsort([-len(tokens) for tokens in token_lists], kind="stable")
+        vectors = None
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            input_ids, attention_mask = pad_token_lists([token_lists[i] for i in chosen], self.pad_token_id)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                                                        enabled=self.autocast_dtype is not None):
+                reps = self.encode(torch.from_numpy(input_ids).to(self.device),
+                                   torch.from_numpy(attention_mask).to(self.device))
+            reps = reps.float().cpu().numpy()
+            if vectors is None:
+                vectors = np.empty((len(order), reps.shape[1]), dtype=np.float32)
+            vectors[chosen] = reps
+        return {"row": batch["row"], "id": batch[self.id_column], "embedding": vectors}

@@ -1,0 +1,97 @@
+"""Ranking metrics of a run against qrels, computed by ir_measures and averaged the way BEIR and MTEB average."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import ir_measures
+from ir_measures import Measure
+
+from raytev.data.relevance import Judgement
+from raytev.errors import RaytevError
+from raytev.eval.evaluation import Evaluation
+from raytev.eval.runs import Run, ranked_docids
+
+DEFAULT_METRICS = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
+
+# ir_measures calls these RR and AP; the retrieval literature (BEIR, MTEB, MS MARCO) reports MRR and MAP.
+_REPORTED_WITH_M = ("RR", "AP")
+
+
+def report_name(measure: Measure) -> str:
+    """The name a measure is reported under: ir_measures' own (nDCG@10, R@100, P@5), with RR and AP as MRR and MAP."""
+    name = str(measure)
+    return "M" + name if measure.NAME in _REPORTED_WITH_M else name
+
+
+def parse_metrics(names: Iterable[str | Measure]) -> dict[str, Measure]:
+    """Report name → measure for names such as nDCG@10, MRR@10, R@100, MAP, or any ir_measures measure."""
+    measures: dict[str, Measure] = {}
+    for name in names:
+        measure = name if isinstance(name, Measure) else _parse_measure(name)
+        if not ir_measures.DefaultPipeline.supports(measure):
+            raise RaytevError(f"metric {str(name)!r}: no installed ir_measures provider computes it; "
+                              f"choose another metric or install the provider its documentation names")
+        measures[report_name(measure)] = measure
+    if not measures:
+        raise RaytevError("no metric asked for: name at least one, e.g. nDCG@10")
+    return measures
+
+
+def _parse_measure(name: str) -> Measure:
+    try:
+        return ir_measures.parse_measure(name)  # knows MRR and MAP as aliases of RR and AP
+    except (NameError, ValueError, SyntaxError) as error:
+        raise RaytevError(f"unknown metric {name!r} ({error}); use names such as nDCG@10, MRR@10, R@100, R@1000, "
+                          f"MAP, P@5 (any measure of ir_measures, https://ir-measur.es)") from None
+
+
+def evaluate_run(run: Run, qrels: Sequence[Judgement],
+                 metrics: Iterable[str | Measure] = DEFAULT_METRICS) -> Evaluation:
+    """Metrics of a run against qrels, averaged over the queries in both (BEIR's and MTEB's convention).
+
+    The average covers the queries that the run and the qrels both name: BEIR's `EvaluateRetrieval.evaluate`
+    and MTEB's `calculate_retrieval_scores` divide pytrec_eval's per-query sums by `len(scores)`, and
+    pytrec_eval scores only run queries that have qrels. So, as there:
+    - qrels queries absent from the run are left out of the average (counted in `missing_queries`; note that
+      ir_measures on its own would average them in as zeros, and trec_eval without `-c` leaves them out);
+    - run queries absent from the qrels are ignored;
+    - a query whose judgements are all grade 0 is evaluated and scores 0 (grade 0 is non-relevant).
+    MRR@k is averaged over the same queries (MTEB does so; BEIR's own `mrr` divides by all qrels queries,
+    which differs only when the run lacks some). BEIR also drops documents whose id equals the query id by
+    default; that is not done here (SciFact's query and document ids never coincide).
+    Ranks are the run's order (best score first, equal scores in the run's order) for every measure: the
+    ir_measures providers break ties differently (trec_eval by docid descending, MS MARCO's RR ascending).
+    """
+    ranked = ranked_docids(run)
+    judged = _judgements_by_query(qrels)
+    if not ranked:
+        raise RaytevError("the run has no queries: nothing to evaluate (was the search output empty?)")
+    if not judged:
+        raise RaytevError("the qrels have no judgements: nothing to evaluate against")
+    evaluated = [query_id for query_id in ranked if query_id in judged]
+    if not evaluated:
+        raise RaytevError(
+            f"the run and the qrels share no query: the run has {_examples(ranked)}, the qrels {_examples(judged)}. "
+            f"Check that both come from the same dataset and split (e.g. test qrels for a test-query run).")
+    measures = parse_metrics(metrics)
+    # Strictly decreasing scores that encode the run's ranks, so that no provider re-breaks ties its own way.
+    run_scores = {query_id: {docid: float(len(ranked[query_id]) - rank)
+                             for rank, docid in enumerate(ranked[query_id])} for query_id in evaluated}
+    # Qrels of the evaluated queries only: ir_measures adds every other qrels query to the average as a zero.
+    values = ir_measures.calc_aggregate(list(measures.values()), {q: judged[q] for q in evaluated}, run_scores)
+    return Evaluation({name: float(values[measure]) for name, measure in measures.items()},
+                      queries=len(evaluated), missing_queries=len(judged.keys() - ranked.keys()))
+
+
+def _judgements_by_query(qrels: Sequence[Judgement]) -> dict[str, dict[str, int]]:
+    judged: dict[str, dict[str, int]] = {}
+    for judgement in qrels:
+        judged.setdefault(judgement.query_id, {})[judgement.docid] = judgement.relevance
+    return judged
+
+
+def _examples(query_ids) -> str:
+    shown = sorted(query_ids)[:3]
+    more = f" and {len(query_ids) - len(shown)} more" if len(query_ids) > len(shown) else ""
+    return f"{len(query_ids)} queries (ids {', '.join(repr(q) for q in shown)}{more})"

@@ -1,0 +1,112 @@
+"""Batch search of one index or many parts (embedding shards, saved indexes), merged into one global ranking.
+
+A part is searched alone, its top-depth kept and merged into the running top-depth, so only one part is in
+memory at a time. Hits are ranked by score, ties going to the lower global position (the order the parts
+are given, then add order inside a part), the same ranking for one index and for any split of it.
+Flat parts are searched exactly (see exact_search), so a split corpus gives the same docids and scores as
+one flat index over it; ANN parts (HNSW, IVF) rank what FAISS returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from raytev.data.embeddings import find_shards
+from raytev.errors import RaytevError
+from raytev.index.build import index_shards
+from raytev.index.dense_index import DenseIndex, set_parameters
+from raytev.index.exact_search import exact_flat_search
+from raytev.index.ranking import top_hits
+from raytev.index.storage import is_index_folder, load_index
+
+Source = DenseIndex | str | os.PathLike
+
+
+def search(index_or_shards: Source, query_vectors: np.ndarray, depth: int, batch_size: int = -1,
+           search_parameters: str = "", mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [nq, depth], docids [nq, depth]) from an index, a saved index folder, or embedding shards."""
+    return shard_search([index_or_shards], query_vectors, depth, batch_size, search_parameters, mmap)
+
+
+def shard_search(sources: Source | Sequence[Source], query_vectors: np.ndarray, depth: int, batch_size: int = -1,
+                 search_parameters: str = "", mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Search every part alone and merge into the global top-`depth`; one part in memory at a time.
+
+    Sources: embeddings (a folder, shard file or glob: each shard becomes an in-memory flat index), saved
+    index folders, or DenseIndex objects. Queries go to FAISS `batch_size` at a time (-1: all at once).
+    `search_parameters` such as "nprobe=32" or "efSearch=128" are set on each part. Columns beyond what any
+    query found are dropped (depth > ntotal); an ANN index that finds fewer for some queries leaves None
+    docids and -inf scores at the end of those rows.
+    """
+    queries = _checked_queries(query_vectors)
+    if depth < 1:
+        raise RaytevError(f"depth must be at least 1, got {depth}.")
+    parts = _part_loaders([sources] if isinstance(sources, (str, os.PathLike, DenseIndex)) else sources, mmap)
+    scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
+    positions = np.full((len(queries), depth), -1, dtype=np.int64)
+    docids = np.full((len(queries), depth), None, dtype=object)
+    offset, model = 0, ""
+    step = batch_size if batch_size and batch_size > 0 else max(1, len(queries))
+    with tqdm(total=len(parts) * len(queries), desc="searching", unit="query", disable=None) as bar:
+        for name, load in parts:
+            part = load()
+            model = _checked_part(part, name, queries.shape[1], model)
+            set_parameters(part.faiss_index, search_parameters)
+            for start in range(0, len(queries), step):
+                batch = slice(start, start + step)
+                found_scores, found = _search_part(part, queries[batch], depth)
+                merged = top_hits(np.concatenate([scores[batch], found_scores], axis=1),
+                                  np.concatenate([positions[batch], np.where(found >= 0, found + offset, -1)], axis=1),
+                                  depth, np.concatenate([docids[batch], part.docids(found)], axis=1))
+                scores[batch], positions[batch], docids[batch] = merged
+                bar.update(len(found))
+            offset += part.faiss_index.ntotal
+            del part
+    width = int((positions >= 0).sum(axis=1).max(initial=0))
+    return scores[:, :width], docids[:, :width]
+
+
+def _search_part(part: DenseIndex, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions within the part) of one batch; exact for flat parts."""
+    if part.flat_vectors() is not None:
+        return exact_flat_search(part, queries, depth)
+    scores, positions = part.faiss_index.search(queries, depth)
+    scores[positions < 0] = -np.inf
+    return top_hits(scores, positions, depth)
+
+
+def _part_loaders(sources: Sequence[Source], mmap: bool) -> list[tuple[str, Callable[[], DenseIndex]]]:
+    """(name, loader) for every part, loaded only when its turn comes."""
+    parts: list[tuple[str, Callable[[], DenseIndex]]] = []
+    for source in sources:
+        if isinstance(source, DenseIndex):
+            parts.append((source.info.embeddings or "an index", functools.partial(lambda index: index, source)))
+        elif is_index_folder(source):
+            parts.append((str(source), functools.partial(load_index, source, mmap)))
+        else:
+            parts.extend((str(shard.path), functools.partial(index_shards, [shard], progress=False))
+                         for shard in find_shards(str(source)))
+    return parts
+
+
+def _checked_queries(query_vectors: np.ndarray) -> np.ndarray:
+    queries = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    if queries.ndim != 2:
+        raise RaytevError(f"query vectors must be a [queries, dim] array, got shape {queries.shape}.")
+    return queries
+
+
+def _checked_part(part: DenseIndex, name: str, dim: int, model: str) -> str:
+    """The model of the parts so far, after checking that `part` fits the queries and the parts before it."""
+    if part.faiss_index.d != dim:
+        raise RaytevError(f"{name} holds {part.faiss_index.d}-dimensional vectors but the queries have {dim}: "
+                          "encode the queries with the model that encoded the passages.")
+    if model and part.info.model and part.info.model != model:
+        raise RaytevError(f"{name} was encoded with {part.info.model}, earlier parts with {model}: search parts "
+                          "of one encoding together.")
+    return model or part.info.model
