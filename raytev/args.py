@@ -63,8 +63,12 @@ class DataArguments:
         None, "Corpus JSONL/TSV that training groups refer to by docid (positive_document_ids format)."
     )
     encode_is_query: bool = option(False, "The input is queries, not passages (for files that could be either).")
-    query_max_len: int = option(32, "Query length in tokens after truncation.", aliases=["q_max_len"])
-    passage_max_len: int = option(128, "Passage length in tokens after truncation.", aliases=["p_max_len"])
+    query_max_len: int | None = option(
+        None, "Query length in tokens after truncation. Default: a sentence-transformers model's max_seq_length "
+              "(as sentence-transformers and MTEB encode), else 32 (Tevatron's).", aliases=["q_max_len"])
+    passage_max_len: int | None = option(
+        None, "Passage length in tokens after truncation. Default: a sentence-transformers model's "
+              "max_seq_length, else 128 (Tevatron's).", aliases=["p_max_len"])
     query_prefix: str = option("", "Text put before every query (an instruction such as 'query: ').")
     passage_prefix: str = option("", "Text put before every passage (such as 'passage: ').")
     title_separator: str = option(" ", "What joins a passage's title and text.")
@@ -92,7 +96,7 @@ class DataArguments:
         if self.train_group_size < 1:
             raise RaytevError(f"--train_group_size must be at least 1, got {self.train_group_size}")
         for name in ("query_max_len", "passage_max_len", "pad_to_multiple_of"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RaytevError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.num_negatives < 0:
             raise RaytevError(f"--num_negatives must be 0 or more, got {self.num_negatives}")
@@ -144,8 +148,10 @@ class TrainingArguments:
 class PrecisionArguments:
     """Numeric precision of the model's forward (and backward) passes."""
 
-    fp16: bool = option(False, "float16 autocast (GPU; training adds a gradient scaler).")
-    bf16: bool = option(False, "bfloat16 autocast (GPU, and CPUs with avx512_bf16 or AMX).")
+    fp16: bool = option(False, "float16 (GPU): autocast with a gradient scaler when training, float16 weights "
+                               "when encoding.")
+    bf16: bool = option(False, "bfloat16 (GPU, and CPUs with avx512_bf16 or AMX): autocast when training, "
+                               "bfloat16 weights when encoding.")
 
     def __post_init__(self) -> None:
         if self.fp16 and self.bf16:
@@ -172,6 +178,8 @@ class EncodeArguments:
     output_format: str = option("parquet", "parquet shards, or Tevatron's (reps, ids) pickle.",
                                 choices=["parquet", "tevatron-pickle"])
     overwrite_output: bool = option(False, "Discard embeddings already at the output path instead of resuming.")
+    replace_other_runs: bool = option(False, "Embeddings of a different encoding (model, data, settings) at the "
+                                             "output path are replaced instead of refused; the same one resumes.")
 
     def __post_init__(self) -> None:
         if self.dataset_number_of_shards < 1:
@@ -185,7 +193,8 @@ class EncodeArguments:
 class EncoderArguments:
     """How encoding runs: batch size and the Ray actor pool."""
 
-    per_device_eval_batch_size: int = option(128, "Texts per forward pass.")
+    per_device_eval_batch_size: int = option(32, "Texts per forward pass (on CPU small batches are fastest; "
+                                                 "raise it on GPUs).")
     num_actors: int = option(1, "Model copies encoding in parallel (Ray actors; one GPU each with --use_gpu).")
     cpus_per_actor: float = option(0.5, "CPUs each actor reserves (fractional, so small machines keep room "
                                         "for reading the data); it computes with the node's cores shared out.")

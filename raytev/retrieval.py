@@ -51,7 +51,8 @@ def retrieve(data: DataArguments, model: ModelArguments, encoder: EncoderArgumen
     stages = []
     for name, is_query, target in (("encode passages", False, corpus_dir), ("encode queries", True, query_dir)):
         result = encode(dataclasses.replace(data, encode_is_query=is_query), model,
-                        EncodeArguments(encode_output_path=str(target)), encoder, precision, cluster)
+                        EncodeArguments(encode_output_path=str(target), replace_other_runs=True), encoder,
+                        precision, cluster)
         reused = f", {result.reused_shards} shards reused" if result.reused_shards else ""
         stages.append(StageTiming(name, result.seconds,
                                   f"{result.rows:,} texts, {result.rows_per_second:.1f}/s{reused}"))

@@ -38,5 +38,8 @@ def test_scifact_train_prepares_with_the_published_counts():
     first = prepare_data(data, model)
     assert first.corpus.rows == 5183
     assert first.queries.rows == 809 and first.queries.manifest["positives"] == 919
+    # A sentence-transformers model's own max_seq_length (256) is the default length, as MTEB encodes.
+    settings = first.queries.manifest["settings"]
+    assert (settings["query_max_len"], settings["passage_max_len"]) == (256, 256)
     second = prepare_data(data, model)
     assert second.all_reused and second.seconds * 10 < first.seconds

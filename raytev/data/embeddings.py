@@ -83,10 +83,13 @@ def _write_json_atomically(path: Path, values: dict) -> None:
 class EmbeddingsWriter:
     """Writes shards of an embeddings folder one by one; re-opening a folder resumes its unfinished shards."""
 
-    def __init__(self, directory: str | os.PathLike, manifest: EmbeddingsManifest, overwrite: bool = False):
+    def __init__(self, directory: str | os.PathLike, manifest: EmbeddingsManifest, overwrite: bool = False,
+                 replace_other_runs: bool = False):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = read_manifest(self.directory)
+        if existing is not None and replace_other_runs and not existing.same_run(manifest):
+            overwrite = True
         if existing is not None and not overwrite and not existing.same_run(manifest):
             raise RaytevError(
                 f"{self.directory} holds embeddings of another run ({existing.model}, {existing.kind}, "

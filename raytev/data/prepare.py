@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from raytev.data.cache import CacheTransaction, TokenTable, default_cache_dir, f
 from raytev.data.reading import NegativesConfig, count_list_items, read_source
 from raytev.data.sources import DataSource, resolve_source
 from raytev.data.token_tables import write_corpus_table, write_queries_table
-from raytev.data.tokenize import TextTokenizer, load_tokenizer, tokenizer_dir, tokenizer_fingerprint
+from raytev.data.tokenize import (DEFAULT_PASSAGE_MAX_LEN, DEFAULT_QUERY_MAX_LEN, TextTokenizer, load_tokenizer,
+                                  model_max_seq_length, tokenizer_dir, tokenizer_fingerprint)
 from raytev.errors import ProblemLog, RaytevError
 
 
@@ -55,6 +57,7 @@ def prepare_data(data: DataArguments, model: ModelArguments) -> PreparedData:
     if not tokenizer_name:
         raise RaytevError("pass --model_name_or_path (or --tokenizer_name): its tokenizer turns text into tokens.")
     tokenizer_folder = tokenizer_dir(tokenizer_name, cache_dir=model.cache_dir)
+    data = with_max_lengths(data, tokenizer_folder)
     keys = table_fingerprints(source, data, tokenizer_fingerprint(tokenizer_folder))
     cache_dir = Path(data.dataset_cache_dir).expanduser() if data.dataset_cache_dir else default_cache_dir()
     cached = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
@@ -65,6 +68,13 @@ def prepare_data(data: DataArguments, model: ModelArguments) -> PreparedData:
     return PreparedData(source, tables.get("corpus"), tables.get("queries"), tokenizer_folder,
                         reused={kind: kind not in missing for kind in keys},
                         seconds=time.perf_counter() - started)
+
+
+def with_max_lengths(data: DataArguments, tokenizer_folder: Path) -> DataArguments:
+    """Lengths left unset become the model's own max_seq_length (sentence-transformers), else Tevatron's."""
+    own = model_max_seq_length(tokenizer_folder)
+    return dataclasses.replace(data, query_max_len=data.query_max_len or own or DEFAULT_QUERY_MAX_LEN,
+                               passage_max_len=data.passage_max_len or own or DEFAULT_PASSAGE_MAX_LEN)
 
 
 def table_fingerprints(source: DataSource, data: DataArguments, tokenizer_key: str) -> dict[str, str]:

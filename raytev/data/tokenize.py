@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -55,6 +56,17 @@ def tokenizer_fingerprint(directory: Path) -> str:
         except PackageNotFoundError:
             pass
     return digest.hexdigest()
+
+
+DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128  # Tevatron's
+
+
+def model_max_seq_length(directory: Path) -> int | None:
+    """A sentence-transformers model's own max_seq_length (sentence_bert_config.json), or None."""
+    try:
+        return int(json.loads((directory / "sentence_bert_config.json").read_text())["max_seq_length"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_tokenizer(directory: Path):

@@ -78,7 +78,8 @@ def encode(data: DataArguments, model: ModelArguments, options: EncodeArguments,
         model=model_source, dim=dim, kind=kind, pooling=settings.pooling, normalize=settings.normalize,
         source=f"{table.manifest['fingerprint']}[{ranges[0][0] if ranges else 0}:{ranges[-1][1] if ranges else 0}]",
         planned_shards=len(ranges))
-    writer = EmbeddingsWriter(shards_dir, manifest, overwrite=options.overwrite_output)
+    writer = EmbeddingsWriter(shards_dir, manifest, overwrite=options.overwrite_output,
+                              replace_other_runs=options.replace_other_runs)
     todo = {index: ranges[index] for index in range(len(ranges)) if index not in writer.finished()}
     encoded = run_actor_pool(table, todo, writer, model_source, model, encoder, precision, cluster,
                              data.encode_is_query) if todo else 0
@@ -109,19 +110,20 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     # Small inputs arrive as one block, which one actor would take alone: cut it so every actor gets work.
     total = sum(high - low for low, high in todo.values())
     dataset = dataset.repartition(max(options.num_actors * 4, math.ceil(total / ROWS_PER_ACTOR_CALL)))
-    autocast = "bfloat16" if precision.bf16 else "float16" if precision.fp16 else None
+    dtype = "bfloat16" if precision.bf16 else "float16" if precision.fp16 else None
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": options.cpus_per_actor}
     dataset = dataset.map_batches(
         BatchEncoder,
         fn_constructor_kwargs=dict(
             model_path=model_source, model_options=model_options(model), is_query=is_query, id_column=id_column,
             batch_size=options.per_device_eval_batch_size, pad_token_id=table.manifest["settings"]["pad_token_id"],
-            autocast_dtype=autocast, device="cuda" if cluster.use_gpu else "cpu",
+            dtype=dtype, device="cuda" if cluster.use_gpu else "cpu",
             torch_threads=None if cluster.use_gpu else max(1, node_cpus() // options.num_actors)),
         compute=ray.data.ActorPoolStrategy(size=options.num_actors),
         batch_size=ROWS_PER_ACTOR_CALL, batch_format="numpy", **resources)
     # In input order, shards complete one after another and only one is buffered at a time.
     dataset.context.execution_options.preserve_order = True
+    dataset.context.enable_progress_bars = False  # the encoding bar below says the same, once
 
     buffers: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {index: [] for index in todo}
     filled = dict.fromkeys(todo, 0)

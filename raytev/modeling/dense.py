@@ -74,7 +74,8 @@ class DenseModel(torch.nn.Module):
     def _encode(self, encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pool (and normalize, if set) the encoder's last hidden states."""
         hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        reps = pool(hidden, attention_mask, self.settings.pooling)
+        # Pool and normalize in float32 whatever the encoder's dtype: bf16 sums and norms lose ranking precision.
+        reps = pool(hidden.float(), attention_mask, self.settings.pooling)
         return F.normalize(reps, dim=-1) if self.settings.normalize else reps
 
     def encode_query(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
