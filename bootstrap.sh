@@ -24,11 +24,7 @@ fi
 case "${1:-}" in
   demo)
     shift
-    # The data stage for real, both splits (the test split reuses the tokenized corpus).
-    for split in train test; do
-      "$venv/bin/raytev" data prepare --dataset_name scifact --dataset_split "$split" \
-        --model_name_or_path sentence-transformers/all-MiniLM-L6-v2 "$@"
-    done
+    exec "$venv/bin/raytev" demo "$@"
     ;;
   test)
     shift

@@ -260,6 +260,13 @@ class PipelineArguments:
 
 
 @dataclass
+class DemoArguments:
+    """Where `raytev demo` writes (everything else about it is fixed, see raytev/demo.py)."""
+
+    output_dir: str = option("out/demo", "Folder for the demo's embeddings, indexes, runs, model and chart.")
+
+
+@dataclass
 class MineArguments:
     """Hard-negative mining (Tevatron's hn_mining)."""
 
@@ -300,3 +307,64 @@ class EvalArguments:
     qa_corpus: str | None = option(None, "QA: the corpus (JSONL/TSV) whose passage texts are checked for answers.")
     regex: bool = option(False, "QA: answers are regular expressions (as in DPR's CuratedTREC).")
     top_k: str = option("1,5,20,100", "QA: the k of top-k accuracy, comma-separated.")
+
+
+@dataclass
+class ServeArguments:
+    """What `raytev serve` serves (index, corpus) and how: shards, HTTP address, batching, scaling, limits."""
+
+    index: str | None = option(
+        None, "What to search: a saved index folder (`raytev index`), an embeddings folder (searched exactly, "
+              "as a flat index), or one saved index folder per shard separated by commas.")
+    corpus: str | None = option(None, "Corpus whose titles and texts come back with the hits: a JSONL/TSV file, a "
+                                      "BEIR folder or a bundled dataset name ('scifact').")
+    num_shards: int = option(1, "Index shard deployments; shard i loads rows [i*n/N, (i+1)*n/N) of a flat index or "
+                                "of the embeddings. An ANN index cannot be cut by rows: give one folder per shard.")
+    host: str = option("127.0.0.1", "Address the HTTP proxy listens on; 0.0.0.0 opens it to the network (set "
+                                    "--auth_token then: Serve's proxy has no authentication of its own).")
+    port: int = option(8000, "HTTP port.")
+    route_prefix: str = option("/", "Path the service's routes start with.")
+    app_name: str = option("raytev", "Serve application name.")
+    auth_token: str | None = option(None, "Bearer token every request must carry (default: $RAYTEV_AUTH_TOKEN; "
+                                          "neither: no authentication). Only its SHA-256 is put into configs.")
+    auth_token_sha256: str | None = option(None, "The SHA-256 (hex) of the bearer token, instead of the token "
+                                                 "itself (for config files).")
+    max_batch_size: int = option(32, "Requests one query-encoder or shard replica answers in one pass "
+                                     "(1: no batching).")
+    batch_wait_timeout_s: float = option(0.0, "How long a replica waits for a batch to fill before running it (0: "
+                                              "a batch is what queued while the last one ran, adding no latency).")
+    num_replicas: int = option(1, "Replicas of the query encoder and of each shard (fixed; see --max_replicas).")
+    min_replicas: int = option(1, "Autoscaling: fewest replicas of the encoder and of each shard.")
+    max_replicas: int = option(0, "Autoscaling: most replicas of the encoder and of each shard (0: no autoscaling).")
+    target_ongoing_requests: float = option(16.0, "Autoscaling: ongoing requests per replica it aims for.")
+    cpus_per_replica: float = option(0.1, "CPUs each replica reserves in Ray's scheduler (it computes with the "
+                                          "cores there are); small so that a laptop fits everything.")
+    max_queries: int = option(64, "Most queries (texts or vectors) one request may hold.")
+    max_k: int = option(1000, "Largest k a request may ask for.")
+    max_body_bytes: int = option(4 << 20, "Largest request body, in bytes.")
+    search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 or efSearch=128.")
+    query_max_len: int | None = option(None, "Query length in tokens, as for `raytev encode --encode_is_query` "
+                                             "(default: the model's max_seq_length, else 32).", aliases=["q_max_len"])
+    query_prefix: str = option("", "Text put before every query, as when the index's queries were encoded.")
+    append_eos_token: bool = option(False, "Append the EOS token to queries (decoder models).")
+    per_device_eval_batch_size: int = option(32, "Texts per forward pass of the query encoder.")
+    revision: str = option("", "Any label: changing it (in a hot swap) reloads the same paths.")
+    access_log: bool = option(False, "Log every request (Serve's access log in the proxy and each replica); off, "
+                                     "a request costs about a quarter less CPU.")
+    print_config: bool = option(False, "Print the Serve config YAML of these flags (for `serve run` / "
+                                       "`serve deploy`) and exit.")
+
+    def __post_init__(self) -> None:
+        for name in ("num_shards", "port", "max_batch_size", "num_replicas", "min_replicas", "max_queries", "max_k",
+                     "max_body_bytes", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise RaytevError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.query_max_len is not None and self.query_max_len < 1:
+            raise RaytevError(f"--query_max_len must be at least 1, got {self.query_max_len}")
+        if self.batch_wait_timeout_s < 0 or self.cpus_per_replica < 0:
+            raise RaytevError("--batch_wait_timeout_s and --cpus_per_replica must be 0 or more.")
+        if self.max_replicas and not self.min_replicas <= self.max_replicas:
+            raise RaytevError(f"--min_replicas ({self.min_replicas}) must not exceed --max_replicas "
+                              f"({self.max_replicas}).")
+        if not self.target_ongoing_requests > 0:
+            raise RaytevError(f"--target_ongoing_requests must be above 0, got {self.target_ongoing_requests}")

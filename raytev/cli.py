@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raytev import __version__
-from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, EvalArguments, IndexArguments,
+from raytev.args import (DataArguments, DemoArguments, EncodeArguments, EncoderArguments, EvalArguments, IndexArguments,
                          IndexBuildArguments, MineArguments, ModelArguments, PipelineArguments, PrecisionArguments,
-                         RayArguments, RetrievalArguments, SearchArguments, TrainingArguments)
+                         RayArguments, RetrievalArguments, SearchArguments, ServeArguments, TrainingArguments)
 from raytev.errors import RaytevError
 from raytev.flags import parse_options
 
@@ -108,14 +108,9 @@ def run_eval(args: EvalArguments) -> int:
 
 def run_index(build: IndexBuildArguments, index: IndexArguments, cluster: RayArguments) -> int:
     """`raytev index`."""
-    from raytev.errors import RaytevError
-    from raytev.index.build import build_index
-    from raytev.index.storage import save_index
+    from raytev.retrieval import index_files
 
-    if not (build.passage_reps and build.index_output_path):
-        raise RaytevError("pass --passage_reps (embeddings) and --index_output_path (where the index goes).")
-    built = build_index(build.passage_reps, index.index_factory, use_gpu=cluster.use_gpu)
-    folder = save_index(built, build.index_output_path)
+    built, folder = index_files(build, index, cluster.use_gpu)
     print(f"{built.info.describe()} -> {folder}")
     return 0
 
@@ -158,15 +153,37 @@ def run_mine(data: DataArguments, model: ModelArguments, encoder: EncoderArgumen
     return 0
 
 
-def run_demo_command(cluster: RayArguments) -> int:
+def run_demo_command(options: DemoArguments, cluster: RayArguments) -> int:
     """`raytev demo`."""
-    from raytev.demo import comparison_table, run_demo
+    from raytev.demo import DemoSettings, comparison_table, run_demo
 
-    result = run_demo(cluster=cluster)
+    result = run_demo(DemoSettings(output_dir=options.output_dir), cluster)
+    print("stages:")
+    for phase, stage in result.stages:
+        print(f"  {phase:<11} {stage.name:<16} {stage.seconds:>7.1f} s  {stage.detail}")
     print(comparison_table(result.before, result.after))
     print(f"chart: {result.chart}")
     print(f"fine-tuned model: {result.model_dir}\nits index: {result.index_dir}")
+    print("serve it (Ctrl-C stops; then try the curl line it prints, or http://127.0.0.1:8000/docs):\n"
+          f"  raytev serve --model_name_or_path {result.model_dir} --index {result.index_dir} --corpus scifact")
     print(f"demo finished in {result.seconds / 60:.1f} min")
+    return 0
+
+
+def run_serve(options: ServeArguments, model: ModelArguments, precision: PrecisionArguments,
+              cluster: RayArguments) -> int:
+    """`raytev serve`."""
+    from raytev.serve.app import serve_config, service_banner, serve_until_interrupted, start_service
+
+    if options.print_config:
+        import yaml
+
+        print(yaml.safe_dump(serve_config((options, model, precision, cluster)), sort_keys=False), end="")
+        return 0
+    url = start_service((options, model, precision, cluster))
+    print(service_banner((options, model, precision, cluster), url), flush=True)
+    serve_until_interrupted()
+    print("stopped serving")
     return 0
 
 
@@ -191,9 +208,11 @@ COMMANDS = (
             (DataArguments, ModelArguments, TrainingArguments, EncoderArguments, IndexArguments, RetrievalArguments,
              PrecisionArguments, RayArguments, PipelineArguments), run_pipeline_command),
     Command(("demo",), "the offline demo: SciFact + MiniLM, zero-shot, mined negatives, fine-tuned, compared",
-            (RayArguments,), run_demo_command),
+            (DemoArguments, RayArguments), run_demo_command),
     Command(("data", "validate"), "check a dataset's files; problems are reported by file, line and field",
             (DataArguments,), run_data_validate),
+    Command(("serve",), "serve an index over HTTP with Ray Serve: text or vector queries, shards, hot swaps",
+            (ServeArguments, ModelArguments, PrecisionArguments, RayArguments), run_serve),
 )
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import MutableMapping
+from pathlib import Path
 
 import ray
 
+from raytev.errors import RaytevError
+
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN_HELP = ("set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN, in a file named by "
+              "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token (`ray get-auth-token` on the head prints it)")
 
 
 def connect(address: str | None = None) -> None:
@@ -14,7 +22,76 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+    if enable_token_auth(address):
+        # Ray caches its settings (RAY_AUTH_MODE among them) when it loads; read them again.
+        ray._raylet.Config.initialize("")
+    try:
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as error:
+        if not is_client_address(address):
+            raise
+        raise RaytevError(f"could not connect to the Ray cluster at {address} ({error}). If it uses token "
+                          f"authentication (Ray's default since 2.59), {TOKEN_HELP}. Now: "
+                          f"{AUTH_MODE}={os.environ.get(AUTH_MODE, '(unset)')}, token: "
+                          f"{token_source() or 'none found'}.") from error
+
+
+def call_on_cluster(function, options: dict):
+    """function(**options) here, or, when this process is a Ray client, as a task on the cluster.
+
+    Ray Data cannot run in a Ray client's process (ray-project/ray#48682: "'Worker' object has no attribute
+    'core_worker'"), so from a client the whole call becomes a task that takes no CPU of its own (its actors and
+    workers reserve theirs), as a job's driver would run it. Paths are then the cluster's.
+    """
+    from ray.util.client import ray as client
+
+    if ray.is_initialized() and client.is_connected():
+        return ray.get(ray.remote(num_cpus=0)(function).remote(**options))
+    return function(**options)
+
+
+def worker_env(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """WORKER_ENV less what the Ray job running this driver sets already (jobs/runtime_env.yaml does).
+
+    Ray refuses to start a job's driver whose ray.init names a variable of the job's runtime env, even with the same
+    value; it hands the job's runtime env to the driver in RAY_JOB_CONFIG_JSON_ENV_VAR.
+    """
+    job = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = (job.get("runtime_env") or {}).get("env_vars") or {}
+    return {name: value for name, value in WORKER_ENV.items() if name not in taken}
+
+
+def is_client_address(address: str | None) -> bool:
+    """Whether `address` is a Ray Client address (ray://host:port): this process is then a client, not a node."""
+    return bool(address) and address.startswith("ray://")
+
+
+def token_source(environ: MutableMapping[str, str] = os.environ, home: Path | None = None) -> str | None:
+    """Where Ray would read its authentication token from (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token,
+    in Ray's order: a variable that is set is used even when it is blank), or None when there is no token."""
+    if environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN" if environ["RAY_AUTH_TOKEN"].strip() else None
+    named = environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named).expanduser() if named else (home or Path.home()) / ".ray" / "auth_token"
+    try:
+        return str(path) if path.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def enable_token_auth(address: str | None, environ: MutableMapping[str, str] = os.environ,
+                      home: Path | None = None) -> bool:
+    """Turn Ray's token authentication on for a Ray Client connection when a token is at hand; True if it did.
+
+    Ray sends its token only with RAY_AUTH_MODE=token, and it sets that by itself only for a cluster it starts or
+    finds on this machine. A client (ray://) with a token but no mode would be refused by a token cluster; sending
+    a token to a cluster without authentication is harmless. An explicit mode is kept, and other addresses
+    (host:port makes this process a node of the cluster, whose mode must match the cluster's) are left to Ray.
+    """
+    if not is_client_address(address) or AUTH_MODE in environ or token_source(environ, home) is None:
+        return False
+    environ[AUTH_MODE] = "token"
+    return True
 
 
 def cpus_per_worker(num_workers: int, use_gpu: bool, asked: float | None) -> float | None:

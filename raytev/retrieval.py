@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, IndexArguments, ModelArguments,
-                         PrecisionArguments, RayArguments, RetrievalArguments)
+import numpy as np
+
+from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, IndexArguments, IndexBuildArguments,
+                         ModelArguments, PrecisionArguments, RayArguments, RetrievalArguments)
 from raytev.data.embeddings import load_embeddings
 from raytev.encoding.encoder import encode
 from raytev.index.build import build_index
@@ -75,17 +77,39 @@ def retrieve(data: DataArguments, model: ModelArguments, encoder: EncoderArgumen
     return RetrievalOutputs(corpus_dir, query_dir, index_dir, run_path, stages)
 
 
+def index_files(build: IndexBuildArguments, index: IndexArguments, use_gpu: bool = False):
+    """`raytev index`: build the index of --passage_reps and save it; returns (the DenseIndex, its folder)."""
+    from raytev.errors import RaytevError
+
+    if not (build.passage_reps and build.index_output_path):
+        raise RaytevError("pass --passage_reps (embeddings) and --index_output_path (where the index goes).")
+    built = build_index(build.passage_reps, index.index_factory, use_gpu=use_gpu)
+    return built, save_index(built, build.index_output_path)
+
+
 def search_files(query_reps: str, passage_reps: str, save_ranking_to: str, retrieval: RetrievalArguments,
                  run_format: str = "tevatron", input_format: str = "parquet") -> tuple[int, int, float]:
     """`raytev search`: rank passages for every query and write the run; returns (queries, lines, seconds)."""
+    from raytev.errors import RaytevError
+
+    if not save_ranking_to:
+        raise RaytevError("pass --save_ranking_to: the run file to write.")
+    started = time.perf_counter()
+    query_ids, scores, docids = rank_files(query_reps, passage_reps, retrieval, input_format)
+    lines = write_run(save_ranking_to, query_ids, scores, docids, run_format)
+    return len(query_ids), lines, time.perf_counter() - started
+
+
+def rank_files(query_reps: str, passage_reps: str, retrieval: RetrievalArguments,
+               input_format: str = "parquet") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(query ids, scores [nq, depth], docids [nq, depth]) of query embeddings against passage embeddings/index."""
     import tempfile
 
     from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, read_tevatron_pickle
     from raytev.errors import RaytevError
 
-    if not (query_reps and passage_reps and save_ranking_to):
-        raise RaytevError("pass --query_reps, --passage_reps and --save_ranking_to.")
-    started = time.perf_counter()
+    if not (query_reps and passage_reps):
+        raise RaytevError("pass --query_reps (query embeddings) and --passage_reps (passage embeddings or index).")
     with tempfile.TemporaryDirectory(prefix="raytev-pickles-") as scratch:
         if input_format == "tevatron-pickle":
             import glob
@@ -106,5 +130,4 @@ def search_files(query_reps: str, passage_reps: str, save_ranking_to: str, retri
         query_ids, query_vectors = load_embeddings(query_reps)
         find = shard_search if retrieval.shard_search else search
         scores, docids = find(passage_reps, query_vectors, retrieval.depth, retrieval.batch_size)
-    lines = write_run(save_ranking_to, query_ids.tolist(), scores, docids, run_format)
-    return len(query_ids), lines, time.perf_counter() - started
+    return query_ids.tolist(), scores, docids

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_jsonl, write_tiny_tokenizer
+from helpers import make_tiny_beir, write_tiny_tokenizer
 
 # Tests never reach the network: the hub libraries fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,17 +33,7 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def tiny_beir(tmp_path) -> Path:
     """A BEIR folder: 12 passages, 4 queries, train and test qrels."""
-    root = tmp_path / "tiny-beir"
-    write_jsonl(root / "corpus.jsonl.gz", [
-        {"_id": f"d{i}", "title": f"title {i}", "text": f"a small animal {i} barks", "metadata": {}}
-        for i in range(12)
-    ], compress=True)
-    write_jsonl(root / "queries.jsonl", [{"_id": f"q{i}", "text": f"what is a cat {i}"} for i in range(4)])
-    (root / "qrels").mkdir()
-    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq0\td1\t1\nq1\td2\t1\n"
-                                              "q2\td3\t0\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td4\t1\n")
-    return root
+    return make_tiny_beir(tmp_path)
 
 
 @pytest.fixture(scope="session")

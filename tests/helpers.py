@@ -57,6 +57,21 @@ def write_jsonl(path: Path, records: list, compress: bool = False) -> Path:
     return path
 
 
+def make_tiny_beir(parent: Path) -> Path:
+    """A BEIR folder under `parent`: 12 passages, 4 queries, train and test qrels."""
+    root = parent / "tiny-beir"
+    write_jsonl(root / "corpus.jsonl.gz", [
+        {"_id": f"d{i}", "title": f"title {i}", "text": f"a small animal {i} barks", "metadata": {}}
+        for i in range(12)
+    ], compress=True)
+    write_jsonl(root / "queries.jsonl", [{"_id": f"q{i}", "text": f"what is a cat {i}"} for i in range(4)])
+    (root / "qrels").mkdir()
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq0\td1\t1\nq1\td2\t1\n"
+                                              "q2\td3\t0\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td4\t1\n")
+    return root
+
+
 def passage(docid: str, text: str, title: str = "") -> dict:
     """A Tevatron passage object."""
     return {"docid": docid, "title": title, "text": text}

@@ -19,6 +19,7 @@ from raytev.data.embeddings import (EmbeddingsManifest, EmbeddingsWriter, load_e
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
 from raytev.modeling.dense import describe_model
+from raytev.progress import progress_bar
 
 # Rows an actor receives per call; it sorts them by length and cuts them into per_device_eval_batch_size batches.
 ROWS_PER_ACTOR_CALL = 1024
@@ -95,8 +96,6 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     """Encode the rows of the unfinished shards on an actor pool; write each shard as soon as it is complete."""
     import ray
     from ray.data.expressions import col
-    from tqdm.auto import tqdm
-
     from raytev.cluster import connect, node_cpus
     from raytev.encoding.batch_encoder import BatchEncoder
 
@@ -128,8 +127,7 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     buffers: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {index: [] for index in todo}
     filled = dict.fromkeys(todo, 0)
     starts = sorted((low, index) for index, (low, _) in todo.items())
-    with tqdm(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts",
-              disable=None) as bar:
+    with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             rows = batch["row"]
             owners = np.asarray([starts[i][1] for i in np.searchsorted([s for s, _ in starts], rows, "right") - 1])

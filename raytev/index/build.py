@@ -9,12 +9,12 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from raytev.data.embeddings import EmbeddingShard, find_shards
 from raytev.errors import RaytevError
 from raytev.index.dense_index import DenseIndex, IndexInfo, set_parameters
 from raytev.index.training import draw_training_sample, training_sample_size
+from raytev.progress import progress_bar
 
 DEFAULT_SPEC = "Flat"
 
@@ -97,8 +97,8 @@ def _train(index: faiss.Index, sample: np.ndarray, spec: str) -> None:
 def _add_shards(index: faiss.Index, shards: list[EmbeddingShard], total: int, spec: str, progress: bool) -> pa.Array:
     """Add every shard's vectors in order and return the ids, position i being FAISS id i."""
     ids = []
-    with tqdm(total=total, desc=f"indexing ({spec})", unit="vec", unit_scale=True,
-              disable=None if progress else True) as bar:
+    with progress_bar(total=total, desc=f"indexing ({spec})", unit="vec", unit_scale=True,
+                      disable=not progress) as bar:
         for shard in shards:
             shard_ids, vectors = shard.read()
             index.add(vectors)

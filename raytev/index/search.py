@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from raytev.data.embeddings import find_shards
 from raytev.errors import RaytevError
@@ -23,6 +22,7 @@ from raytev.index.dense_index import DenseIndex, set_parameters
 from raytev.index.exact_search import exact_flat_search
 from raytev.index.ranking import top_hits
 from raytev.index.storage import is_index_folder, load_index
+from raytev.progress import progress_bar
 
 Source = DenseIndex | str | os.PathLike
 
@@ -52,7 +52,7 @@ def shard_search(sources: Source | Sequence[Source], query_vectors: np.ndarray, 
     docids = np.full((len(queries), depth), None, dtype=object)
     offset, model = 0, ""
     step = batch_size if batch_size and batch_size > 0 else max(1, len(queries))
-    with tqdm(total=len(parts) * len(queries), desc="searching", unit="query", disable=None) as bar:
+    with progress_bar(total=len(parts) * len(queries), desc="searching", unit="query") as bar:
         for name, load in parts:
             part = load()
             model = _checked_part(part, name, queries.shape[1], model)

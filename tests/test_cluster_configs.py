@@ -1,0 +1,457 @@
+"""The files in clusters/ and jobs/: Ray's cluster schema, KubeRay's required fields, recipes that raytev parses."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import os
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from raytev.cli import find_command
+from raytev.cluster_configs import (check_file, check_kuberay_manifest, check_launcher_config, load_documents, main,
+                                    validate_files)
+from raytev.errors import RaytevError
+from raytev.flags import parse_options
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER_FILES = sorted((ROOT / "clusters").glob("*.yaml"))
+KUBERAY_FILES = sorted((ROOT / "clusters" / "kuberay").glob("*.yaml"))
+RECIPES = sorted(path for path in (ROOT / "jobs").glob("*.sh") if path.name != "common.sh")
+SHARED = "/mnt/cluster_storage"
+# What the generic stage recipes need from their caller; the paper recipes need nothing.
+RECIPE_ENV = {"MODEL": "bert-base-uncased", "DATASET": "Tevatron/msmarco-passage", "RUN": "test-run",
+              "CORPUS": "Tevatron/msmarco-passage-corpus", "QUERIES": "Tevatron/msmarco-passage",
+              "QUERY_SPLIT": "dev", "QRELS": f"{SHARED}/data/msmarco/qrels.dev.tsv",
+              "CORPUS_FILE": f"{SHARED}/data/msmarco/corpus.jsonl"}
+# Flags naming files a job reads or writes: they must be absolute (a job's working directory is a temporary copy
+# that Ray deletes) and, but for the checkpoint URI, on the shared filesystem.
+PATH_FLAGS = {"output_dir", "encode_output_path", "index_output_path", "save_ranking_to", "save_to", "passage_reps",
+              "query_reps", "run", "qrels", "qa_answers", "qa_corpus", "corpus_path", "dataset_path", "index", "corpus"}
+# Ray turns the entrypoint's words into one shell line with subprocess.list2cmdline (Windows quoting) and runs it
+# with a shell on the head: only words the shell leaves alone arrive as they were sent.
+SHELL_SAFE = re.compile(r"[\w./:=,@%+-]+")
+
+
+def ray_prepare_and_validate(config: dict) -> None:
+    """What `ray up` checks before it calls the cloud: defaults merged from the wheel, then Ray's JSON schema.
+
+    prepare_config only reads the provider's defaults.yaml shipped with Ray; the provider bootstrap that follows
+    in `ray up` (boto3 / googleapiclient, credentials, IAM roles, key pairs) needs the cloud and is not run.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def ray_documents(path: Path) -> list[dict]:
+    return [doc for doc in load_documents(path) if str(doc.get("apiVersion", "")).startswith("ray.io/")]
+
+
+def kuberay(kind: str) -> dict:
+    return next(doc for path in KUBERAY_FILES for doc in ray_documents(path) if doc["kind"] == kind)
+
+
+def cluster_spec(manifest: dict) -> dict:
+    return {"RayCluster": lambda spec: spec, "RayJob": lambda spec: spec["rayClusterSpec"],
+            "RayService": lambda spec: spec["rayClusterConfig"]}[manifest["kind"]](manifest["spec"])
+
+
+# ---- cluster launcher YAMLs -------------------------------------------------------------------------------------
+
+def test_the_cluster_files_exist():
+    assert {path.name for path in LAUNCHER_FILES} >= {"aws-gpu.yaml", "gcp-gpu.yaml", "gcp-tpu.yaml"}
+    assert {doc["kind"] for path in KUBERAY_FILES for doc in ray_documents(path)} == {"RayCluster", "RayJob",
+                                                                                      "RayService"}
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda path: path.name)
+def test_launcher_configs_pass_rays_schema_and_our_rules(path):
+    config = load(path)
+    ray_prepare_and_validate(config)
+    assert check_launcher_config(config) == []
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "gcp-gpu.yaml"])
+def test_gpu_clusters_autoscale_gpu_workers_behind_a_cpu_head(name):
+    config = load(ROOT / "clusters" / name)
+    head = config["available_node_types"][config["head_node_type"]]
+    assert not head["resources"].get("GPU")
+    workers = [node for key, node in config["available_node_types"].items() if key != config["head_node_type"]]
+    assert any(node["resources"].get("GPU", 0) >= 1 and node["min_workers"] < node["max_workers"] for node in workers)
+
+
+def test_the_tpu_cluster_has_an_autoscaling_tpu_worker_type():
+    config = load(ROOT / "clusters" / "gcp-tpu.yaml")
+    assert config["provider"]["type"] == "gcp"
+    tpus = [node for node in config["available_node_types"].values() if "acceleratorType" in node["node_config"]]
+    assert tpus and all(node["resources"]["TPU"] >= 1 and node["min_workers"] < node["max_workers"] for node in tpus)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES + KUBERAY_FILES, ids=lambda path: path.name)
+def test_every_cluster_mounts_the_shared_storage_the_jobs_write_to(path):
+    assert SHARED in path.read_text()
+
+
+def gpu_worker(config: dict) -> dict:
+    return next(node for node in config["available_node_types"].values() if node.get("resources", {}).get("GPU"))
+
+
+def drop_max_workers(config):
+    del gpu_worker(config)["max_workers"]
+
+
+def min_above_max(config):
+    gpu_worker(config).update(min_workers=5, max_workers=2)
+
+
+def negative_min(config):
+    gpu_worker(config)["min_workers"] = -1
+
+
+def fractional_gpu(config):
+    gpu_worker(config)["resources"]["GPU"] = 0.5
+
+
+def unknown_head_type(config):
+    config["head_node_type"] = "ray.head.missing"
+
+
+def misspelt_key(config):
+    config["setup_comands"] = config.pop("setup_commands")
+
+
+def minimums_above_cluster_max(config):
+    gpu_worker(config).update(min_workers=9, max_workers=9)
+
+
+def no_instance_type(config):
+    del gpu_worker(config)["node_config"]["InstanceType"]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (drop_max_workers, "no max_workers"),
+    (min_above_max, "min_workers (5) is above max_workers (2)"),
+    (negative_min, "min_workers: must be 0 or more"),
+    (no_instance_type, "no InstanceType"),
+])
+def test_broken_worker_types_are_rejected_by_our_rules(mutate, expected):
+    config = load(ROOT / "clusters" / "aws-gpu.yaml")
+    mutate(config)
+    problems = check_launcher_config(config)
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("mutate, error, expected", [
+    (fractional_gpu, jsonschema.ValidationError, "0.5 is not of type 'integer'"),
+    (unknown_head_type, ValueError, "head_node_type"),
+    (misspelt_key, jsonschema.ValidationError, "setup_comands"),
+    (minimums_above_cluster_max, ValueError, "max_workers"),
+])
+def test_broken_configs_are_rejected_by_rays_own_checks(mutate, error, expected):
+    config = load(ROOT / "clusters" / "aws-gpu.yaml")
+    mutate(config)
+    with pytest.raises(error, match=re.escape(expected)):
+        ray_prepare_and_validate(config)
+    problems = check_launcher_config(config)
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_broken_gcp_node_types_are_rejected():
+    config = load(ROOT / "clusters" / "gcp-tpu.yaml")
+    tpu = config["available_node_types"]["ray_worker_tpu"]
+    tpu["node_config"]["acceleratorType"] = "tpu-v4"
+    tpu["resources"] = {}
+    problems = check_launcher_config(config)
+    assert any("'tpu-v4' is not a TPU type" in problem for problem in problems), problems
+    assert any("declare the TPU chips" in problem for problem in problems), problems
+
+    config = load(ROOT / "clusters" / "gcp-gpu.yaml")
+    del config["available_node_types"]["ray_worker_gpu"]["node_config"]["scheduling"]
+    assert any("onHostMaintenance: TERMINATE" in problem for problem in check_launcher_config(config))
+
+
+# ---- KubeRay manifests ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", KUBERAY_FILES, ids=lambda path: path.name)
+def test_kuberay_manifests_have_what_kuberay_needs(path):
+    assert check_file(path) == []
+    for manifest in ray_documents(path):
+        assert manifest["apiVersion"] == "ray.io/v1"
+        spec = cluster_spec(manifest)
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["headGroupSpec"]["template"]["spec"]["containers"]
+        for group in spec["workerGroupSpecs"]:
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_the_rayservice_runs_raytevs_serve_app():
+    config = yaml.safe_load(kuberay("RayService")["spec"]["serveConfigV2"])
+    assert [app["import_path"] for app in config["applications"]] == ["raytev.serve.app:build_app"]
+
+
+def worker_group(manifest):
+    return cluster_spec(manifest)["workerGroupSpecs"][0]
+
+
+def head_group(manifest):
+    return cluster_spec(manifest)["headGroupSpec"]
+
+
+BROKEN_MANIFESTS = [
+    ("RayCluster", lambda m: worker_group(m).pop("maxReplicas"), "maxReplicas: missing"),
+    ("RayCluster", lambda m: worker_group(m).update(minReplicas=3, maxReplicas=1), "minReplicas (3) is above"),
+    ("RayCluster", lambda m: worker_group(m).update(replicas=9), "replicas: must be within"),
+    ("RayCluster", lambda m: worker_group(m).pop("groupName"), "groupName: missing"),
+    ("RayCluster", lambda m: worker_group(m).pop("template"), "workerGroupSpecs[0].template.spec.containers"),
+    ("RayCluster", lambda m: m["spec"].pop("enableInTreeAutoscaling"), "enableInTreeAutoscaling: must be true"),
+    ("RayCluster", lambda m: m.update(apiVersion="ray.io/v1alpha1"), "apiVersion: expected ray.io/v1"),
+    ("RayCluster", lambda m: m["metadata"].update(name="Raytev_Cluster"), "metadata.name"),
+    ("RayCluster", lambda m: head_group(m).pop("rayStartParams"), "headGroupSpec.rayStartParams: missing"),
+    ("RayCluster", lambda m: head_group(m)["rayStartParams"].update({"num-cpus": 0}), "must be a string"),
+    ("RayCluster", lambda m: worker_group(m)["template"]["spec"]["containers"][0].update(image="other:1"),
+     "different images"),
+    ("RayJob", lambda m: m["spec"].pop("entrypoint"), "spec.entrypoint"),
+    ("RayJob", lambda m: m["spec"].pop("rayClusterSpec"), "spec.rayClusterSpec: missing"),
+    ("RayJob", lambda m: m["spec"].update(runtimeEnvYAML="env_vars: [unclosed"), "runtimeEnvYAML: invalid YAML"),
+    ("RayJob", lambda m: worker_group(m).pop("minReplicas"), "minReplicas: missing"),
+    ("RayService", lambda m: m["spec"].update(serveConfigV2={"applications": []}), "not a string"),
+    ("RayService", lambda m: m["spec"].update(serveConfigV2="applications: []\n"), "non-empty applications"),
+    ("RayService", lambda m: m["spec"].update(serveConfigV2="applications:\n  - name: search\n"), "import_path"),
+    ("RayService", lambda m: m["spec"].pop("rayClusterConfig"), "spec.rayClusterConfig: missing"),
+]
+
+
+@pytest.mark.parametrize("kind, mutate, expected", BROKEN_MANIFESTS,
+                         ids=[f"{kind}-{expected}" for kind, _, expected in BROKEN_MANIFESTS])
+def test_broken_manifests_are_rejected(kind, mutate, expected):
+    manifest = copy.deepcopy(kuberay(kind))
+    assert check_kuberay_manifest(manifest) == []
+    mutate(manifest)
+    problems = check_kuberay_manifest(manifest)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_files_are_checked_by_what_they_hold(tmp_path, capsys):
+    cluster = copy.deepcopy(kuberay("RayCluster"))
+    worker_group(cluster).pop("maxReplicas")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                          "metadata": {"name": "x"}}, cluster]))
+    assert check_file(mixed) == [f"{mixed} (document 2): spec.workerGroupSpecs[0].maxReplicas: missing or not a "
+                                 "whole number >= 0 (got None)"]
+    stray = tmp_path / "stray.yaml"
+    stray.write_text("name: not a cluster\n")
+    with pytest.raises(RaytevError, match="neither a `ray up` config"):
+        validate_files([stray])
+    assert main([str(mixed)]) == 1 and "maxReplicas" in capsys.readouterr().err
+    assert main([str(path) for path in KUBERAY_FILES]) == 0
+
+
+# ---- job recipes ------------------------------------------------------------------------------------------------
+
+# Records one line per call: the program's name and its arguments, separated by the ASCII unit separator.
+STUB = """#!/bin/sh
+{ printf '%s' "$(basename "$0")"; for word in "$@"; do printf '\\037%s' "$word"; done; printf '\\n'; } \\
+  >> "$RAYTEV_RECORD"
+"""
+
+
+def run_recipe(path: Path, tmp_path: Path, **env) -> list[list[str]]:
+    """Run a recipe with `ray`, `serve` and `python` replaced by stubs; the argument lists they were called with."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("ray", "serve", "python"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    record = tmp_path / f"{path.stem}.calls"
+    record.unlink(missing_ok=True)
+    # The caller's own settings (RAYTEV_STORAGE, STAGES, ...) would change what the recipes submit.
+    ignored = RECIPE_ENV.keys() | {"STAGES", "NUM_GPUS", "TRAIN_GPUS"}
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("RAYTEV_", "RAY_")) and key not in ignored}
+    environment.update(PATH=f"{bin_dir}:{os.environ['PATH']}", RAYTEV_RECORD=str(record), **RECIPE_ENV, **env)
+    subprocess.run(["bash", str(path)], env=environment, check=True, cwd=tmp_path, timeout=60)
+    return [line.split("\x1f") for line in record.read_text().splitlines()]
+
+
+def submitted(call: list[str]) -> list[str]:
+    """The entrypoint of a `ray job submit` call, after checking it is submitted the way jobs/README.md says."""
+    assert call[:3] == ["ray", "job", "submit"], call
+    options = call[3:call.index("--")]
+    assert options == ["--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml"], options
+    return call[call.index("--") + 1:]
+
+
+def parse_raytev(words: list[str]) -> tuple[str, dict]:
+    """`python -m raytev <command> <flags>` parsed by raytev's own command table and flag parser."""
+    assert words[:3] == ["python", "-m", "raytev"], words
+    command, rest = find_command(words[3:])
+    assert command is not None, words
+    options = parse_options(command.options, rest, "raytev", command.help)
+    values = {key: value for option in options for key, value in dataclasses.asdict(option).items()}
+    return " ".join(command.words), values
+
+
+def export_helper():
+    spec = importlib.util.spec_from_file_location("export_hf", ROOT / "jobs" / "export_hf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raytev_commands(path: Path, tmp_path: Path, **env) -> list[tuple[str, dict]]:
+    """Every raytev command a recipe submits, parsed; every other call checked as far as it can be."""
+    commands = []
+    for call in run_recipe(path, tmp_path, **env):
+        if call[0] == "serve":
+            assert call[:4] == ["serve", "deploy", "--address", "http://127.0.0.1:8265"] and len(call) == 5, call
+            continue
+        if call[0] == "python":  # run here, not on the cluster (serve.sh writes its Serve config)
+            commands.append(parse_raytev(call))
+            continue
+        words = submitted(call)
+        unsafe = [word for word in words if not SHELL_SAFE.fullmatch(word)]
+        assert not unsafe, f"{path.name}: words the head's shell would change: {unsafe}"
+        if words[:2] == ["python", "jobs/export_hf.py"]:
+            export_helper().build_parser().parse_args(words[2:])
+            continue
+        commands.append(parse_raytev(words))
+    return commands
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
+def test_recipes_submit_commands_raytev_parses(path, tmp_path):
+    commands = raytev_commands(path, tmp_path)
+    assert commands or path.name == "serve.sh"
+    for name, values in commands:
+        for flag in PATH_FLAGS & values.keys():
+            if values[flag] is not None:
+                assert values[flag].startswith(f"{SHARED}/"), f"{path.name}: raytev {name} --{flag} {values[flag]}"
+        if name == "train":
+            assert values["storage_path"] == f"{SHARED}/raytev/checkpoints" and values["use_gpu"]
+
+
+def test_the_stage_recipes_cover_every_stage(tmp_path):
+    names = {name for recipe in ("finetune", "encode", "index", "evaluate")
+             for name, _ in raytev_commands(ROOT / "jobs" / f"{recipe}.sh", tmp_path)}
+    assert names == {"train", "encode", "index", "search", "eval"}
+    assert (ROOT / "jobs" / "serve.sh").exists()
+
+
+def test_a_renamed_flag_breaks_the_recipe_check(tmp_path):
+    call = next(call for call in run_recipe(ROOT / "jobs" / "msmarco_bert_base.sh", tmp_path) if "train" in call)
+    words = [("--lr" if word == "--learning_rate" else word) for word in submitted(call)]
+    with pytest.raises(SystemExit):
+        parse_raytev(words)
+
+
+def test_checkpoints_may_go_to_an_object_store(tmp_path):
+    commands = raytev_commands(ROOT / "jobs" / "finetune.sh", tmp_path, RAYTEV_CHECKPOINTS="s3://bucket/raytev")
+    assert [values["storage_path"] for _, values in commands] == ["s3://bucket/raytev"]
+    assert commands[0][1]["output_dir"] == f"{SHARED}/raytev/test-run/model"
+
+
+def commands_of(recipe: str, tmp_path: Path, **env) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for name, values in raytev_commands(ROOT / "jobs" / recipe, tmp_path, **env):
+        found.setdefault(name, []).append(values)
+    return found
+
+
+def test_msmarco_recipe_has_tevatrons_hyper_parameters(tmp_path):
+    commands = commands_of("msmarco_bert_base.sh", tmp_path)
+    [train] = commands["train"]
+    assert (train["model_name_or_path"], train["dataset_name"]) == ("bert-base-uncased", "Tevatron/msmarco-passage")
+    assert (train["learning_rate"], train["per_device_train_batch_size"], train["train_group_size"]) == (5e-6, 8, 8)
+    assert (train["query_max_len"], train["passage_max_len"], train["num_train_epochs"]) == (16, 128, 3)
+    assert train["fp16"] and train["num_workers"] == 1 and train["warmup_ratio"] == 0.1
+    corpus, queries = commands["encode"]
+    assert corpus["passage_max_len"] == 128 and queries["query_max_len"] == 32 and queries["encode_is_query"]
+    assert set(commands) == {"train", "encode", "index", "search", "eval"}
+
+
+def test_nq_recipe_has_tevatrons_hyper_parameters(tmp_path):
+    [train] = commands_of("nq_dpr.sh", tmp_path)["train"]
+    assert (train["num_workers"], train["per_device_train_batch_size"]) == (4, 32)
+    assert train["cross_worker_negatives"]  # Tevatron's --negatives_x_device
+    assert (train["train_group_size"], train["positive_passage_no_shuffle"], train["learning_rate"]) == (2, True, 1e-5)
+    assert (train["query_max_len"], train["passage_max_len"], train["num_train_epochs"]) == (32, 156, 40)
+    [single] = commands_of("nq_dpr.sh", tmp_path, TRAIN_GPUS="1", STAGES="train")["train"]
+    assert (single["num_workers"], single["per_device_train_batch_size"], single["grad_cache"]) == (1, 128, True)
+    [evaluation] = commands_of("nq_dpr.sh", tmp_path, STAGES="eval")["eval"]
+    assert evaluation["top_k"] == "20,100" and evaluation["qa_answers"].endswith("test.jsonl")
+
+
+def test_cocondenser_recipe_mines_then_trains_again_from_the_checkpoint(tmp_path):
+    commands = commands_of("cocondenser_msmarco.sh", tmp_path)
+    first, second = commands["train"]
+    assert first["model_name_or_path"] == second["model_name_or_path"] == "Luyu/co-condenser-marco"
+    assert (first["num_train_epochs"], second["num_train_epochs"]) == (3, 2)
+    assert all((run["learning_rate"], run["per_device_train_batch_size"], run["train_group_size"]) == (5e-6, 8, 8)
+               for run in (first, second))
+    [mine] = commands["mine"]
+    assert mine["model_name_or_path"] == first["output_dir"] and second["dataset_path"] == mine["save_to"]
+    assert (mine["negative_rank_start"], mine["negative_rank_end"], mine["n_sample"]) == (1, 200, 63)
+    assert mine["keep_original_groups"]
+
+
+def test_the_rayjob_trains_as_the_msmarco_recipe_does(tmp_path):
+    [recipe] = commands_of("msmarco_bert_base.sh", tmp_path, STAGES="train")["train"]
+    assert parse_raytev(shlex.split(kuberay("RayJob")["spec"]["entrypoint"])) == ("train", recipe)
+
+
+def test_stages_can_be_chosen(tmp_path):
+    assert list(commands_of("msmarco_bert_base.sh", tmp_path, STAGES="search eval")) == ["search", "eval"]
+
+
+def test_the_runtime_env_is_one_ray_accepts():
+    from ray.runtime_env import RuntimeEnv
+
+    runtime_env = RuntimeEnv(**load(ROOT / "jobs" / "runtime_env.yaml"))
+    assert runtime_env["env_vars"]["RAYTEV_CACHE_DIR"].startswith(f"{SHARED}/")
+    assert yaml.safe_load(kuberay("RayJob")["spec"]["runtimeEnvYAML"])["env_vars"] == runtime_env["env_vars"]
+
+
+def test_the_serve_recipe_configures_an_autoscaling_gpu_service(tmp_path):
+    [(name, values)] = raytev_commands(ROOT / "jobs" / "serve.sh", tmp_path)
+    assert name == "serve" and values["print_config"] and values["use_gpu"]
+    assert (values["min_replicas"], values["max_replicas"]) == (1, 4)
+    assert values["index"] == f"{SHARED}/raytev/test-run/index"
+
+
+def test_the_rayservice_args_are_ones_the_app_builder_takes():
+    from raytev.serve.app import options_from_args
+
+    args = yaml.safe_load(kuberay("RayService")["spec"]["serveConfigV2"])["applications"][0]["args"]
+    serve, model, precision, cluster = options_from_args(args)
+    assert (serve.num_shards, serve.max_replicas, cluster.use_gpu, precision.bf16) == (1, 4, True, True)
+    assert model.model_name_or_path.startswith(f"{SHARED}/")
+    with pytest.raises(RaytevError, match="unknown keys"):
+        options_from_args({**args, "num_shard": 2})
+
+
+def test_the_export_helper_writes_qrels_and_keeps_existing_files(tmp_path, capsys):
+    helper = export_helper()
+    rows = [{"query_id": "q1", "positive_passages": [{"docid": "d1"}, {"docid": "d2"}]},
+            {"query_id": "q2", "positive_passages": [{"docid": "d3"}]}]
+    output = tmp_path / "qrels" / "dev.tsv"
+    assert helper.write_atomically(output, helper.qrels_lines(rows)) == 3
+    assert output.read_text() == "q1 0 d1 1\nq1 0 d2 1\nq2 0 d3 1\n"
+    assert [path.name for path in output.parent.iterdir()] == ["dev.tsv"]
+    with pytest.raises(RaytevError, match="positive_passages"):
+        list(helper.qrels_lines([{"query_id": "q1"}]))
+    assert helper.main(["qrels", "--dataset_name", "x/y", "--output", str(output)]) == 0
+    assert "kept" in capsys.readouterr().out and output.read_text().startswith("q1 0 d1 1")

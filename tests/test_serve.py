@@ -1,0 +1,207 @@
+"""The search service on a real Ray Serve on 127.0.0.1: text and vector search equal the batch path, two shards
+equal one flat index, bad requests get their 4xx, the token is enforced, and a hot swap loses no request."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+import requests
+from helpers import save_tiny_bert, write_jsonl
+
+from raytev.args import DataArguments, ModelArguments
+from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+from raytev.data.prepare import prepare_data
+from raytev.encoding.batch_encoder import BatchEncoder
+from raytev.encoding.encoder import model_options
+from raytev.index.build import build_index
+from raytev.index.search import search
+from raytev.index.storage import save_index
+from raytev.serve import SearchClient, SearchError
+from raytev.serve.app import deploy, options_from_args, serve_config, swapped
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-token"
+WORDS = ["cat", "dog", "animal", "small", "barks", "the"]
+QUERIES = ["what is a cat", "small dog barks", "the animal", "a dog and a cat"]
+
+
+def encode_path(model: str, path, cache, is_query: bool) -> tuple[list[str], np.ndarray]:
+    """ids and vectors as `raytev encode` makes them: its tokenization (token cache) and its BatchEncoder."""
+    prepared = prepare_data(DataArguments(dataset_path=str(path), encode_is_query=is_query,
+                                          dataset_cache_dir=str(cache)), ModelArguments(model_name_or_path=model))
+    table = prepared.queries if is_query else prepared.corpus
+    column = "query_id" if is_query else "docid"
+    rows = table.read(["row", column, "input_ids"])
+    encoder = BatchEncoder(model, model_options(ModelArguments(model_name_or_path=model)), is_query, column, 32,
+                           table.manifest["settings"]["pad_token_id"])
+    out = encoder({"row": rows.column("row").to_numpy(), column: rows.column(column).to_numpy(zero_copy_only=False),
+                   "input_ids": rows.column("input_ids").to_pylist()})
+    return [str(i) for i in out["id"]], out["embedding"]
+
+
+def write_index(root, name: str, model: str, prefix: str, count: int) -> dict:
+    """A corpus of `count` passages (many with the same text: exact score ties across shard boundaries), its
+    embeddings in two files and its saved flat index."""
+    texts = [f"{WORDS[i % 4]} {WORDS[(i * 3) % 6]}" for i in range(count)]
+    corpus = write_jsonl(root / f"{name}.jsonl", [{"docid": f"{prefix}{i}", "title": f"title {i}", "text": text}
+                                                  for i, text in enumerate(texts)])
+    ids, vectors = encode_path(model, corpus, root / "cache", is_query=False)
+    writer = EmbeddingsWriter(root / f"{name}-emb", EmbeddingsManifest(model=model, dim=vectors.shape[1],
+                                                                       kind="passages", planned_shards=2))
+    half = count // 3  # uneven files, so that shard rows cross a file boundary
+    writer.write_shard(0, ids[:half], vectors[:half])
+    writer.write_shard(1, ids[half:], vectors[half:])
+    folder = save_index(build_index(str(root / f"{name}-emb"), progress=False), root / f"{name}-index")
+    return {"corpus": str(corpus), "embeddings": str(root / f"{name}-emb"), "index": str(folder)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tmp_path_factory):
+    """One application (model, corpus, a saved flat index cut into 2 shards, a token) on 127.0.0.1."""
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve")
+    model = str(save_tiny_bert(root / "model"))
+    first, second = write_index(root, "first", model, "d", 60), write_index(root, "second", model, "n", 45)
+    queries = write_jsonl(root / "queries.jsonl", [{"query_id": f"q{i}", "query": q} for i, q in enumerate(QUERIES)])
+    _, query_vectors = encode_path(model, queries, root / "cache", is_query=True)
+    port = free_port()
+    config = serve_config(options_from_args({
+        "index": first["index"], "num_shards": 2, "model_name_or_path": model, "corpus": first["corpus"],
+        "app_name": "search", "route_prefix": "/search-app", "port": port, "auth_token": TOKEN, "max_batch_size": 8}))
+    started = time.perf_counter()
+    deploy(config)
+    print(f"serve deployed in {time.perf_counter() - started:.1f} s")
+    yield {"url": f"http://127.0.0.1:{port}/search-app", "config": config, "model": model, "first": first,
+           "second": second, "query_vectors": query_vectors}
+    serve.shutdown()
+
+
+def post(url: str, body=None, data=None, token: str | None = None, **headers):
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.post(url, json=body, data=data, headers=headers, timeout=60)
+
+
+def hits_of(results) -> tuple[list, list]:
+    return [[hit["docid"] for hit in row] for row in results], [[hit["score"] for hit in row] for row in results]
+
+
+def test_text_and_vector_queries_get_the_batch_search_results(service):
+    # Two shards, each holding half of the saved flat index, against `raytev search` on the whole index.
+    url, first, vectors = service["url"], service["first"], service["query_vectors"]
+    client = SearchClient(url, token=TOKEN)
+    for k in (7, 25, 100):  # 25 cuts through runs of tied passages; 100 is past the 60 there are
+        expected_scores, expected_docids = search(first["index"], vectors, k)
+        answer = post(f"{url}/search", {"vectors": vectors.tolist(), "k": k}, token=TOKEN)
+        assert answer.status_code == 200, answer.text
+        docids, scores = hits_of(answer.json()["results"])
+        assert docids == expected_docids.tolist() and np.array_equal(np.float32(scores), expected_scores)
+        # Texts are encoded by the service as `raytev encode --encode_is_query` encodes them.
+        results = client.search(QUERIES, k=k)
+        docids, scores = hits_of(results)
+        assert docids == expected_docids.tolist()
+        np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-5)
+    assert len(docids[0]) == 60
+    assert results[0][0]["title"].startswith("title ") and results[0][0]["text"].split()[0] in WORDS
+
+
+def test_info_describes_model_index_and_shards(service):
+    info = SearchClient(service["url"], token=TOKEN).info()
+    assert (info["model"], info["shards"], info["ntotal"], info["dim"], info["index_type"]) == \
+        (service["model"], 2, 60, 32, "Flat")
+    assert [part["rows"] for part in info["shard_parts"]] == [[0, 30], [30, 60]]
+    assert info["corpus"] == service["first"]["corpus"] and info["text_queries"] and info["swap_errors"] == []
+
+
+def test_bad_requests_get_a_4xx_and_the_service_keeps_serving(service):
+    url = f"{service['url']}/search"
+    cases = [
+        (dict(data=b'{"queries": ["a cat"'), 400, "malformed JSON"),
+        (dict(body={"k": 5}), 422, "either"),
+        (dict(body={"queries": ["  "]}), 422, "empty or only whitespace"),
+        (dict(body={"queries": []}), 422, "is empty"),
+        (dict(body={"queries": ["cat"] * 65}), 422, "at most 64"),
+        (dict(body={"queries": ["cat"], "k": 0}), 422, "k must be between 1 and 1000"),
+        (dict(body={"queries": ["cat"], "k": 1001}), 422, "k must be between 1 and 1000"),
+        (dict(body={"queries": ["cat"], "k": "3"}), 422, "k: Input should be a valid integer"),
+        (dict(body={"vectors": [[0.5] * 31]}), 422, "have 31 dimensions but the index holds 32"),
+        (dict(data=b'{"vectors": [[' + b"NaN, " * 31 + b"1.0]]}"), 422, "NaN or infinity"),
+        (dict(data=b'{"vectors": [[' + b"1.0, " * 31 + b"Infinity]]}"), 422, "NaN or infinity"),
+        (dict(data=b" " * (5 << 20)), 413, "at most 4,194,304"),
+    ]
+    for request, status, says in cases:
+        answer = post(url, **request, token=TOKEN)
+        assert answer.status_code == status and says in answer.json()["error"], (request.get("body"), answer.text)
+        good = post(url, {"queries": ["what is a cat"], "k": 3}, token=TOKEN)
+        assert good.status_code == 200 and len(good.json()["results"][0]) == 3
+    with pytest.raises(SearchError, match="HTTP 422: k must be between"):
+        SearchClient(service["url"], token=TOKEN).search(["cat"], k=0)
+
+
+def test_the_token_is_required_when_set(service):
+    url, vectors = service["url"], service["query_vectors"][:1].tolist()
+    assert post(f"{url}/search", {"vectors": vectors}).status_code == 401
+    assert post(f"{url}/search", {"vectors": vectors}, token="wrong").status_code == 401
+    assert requests.get(f"{url}/info", timeout=30).status_code == 401
+    assert post(f"{url}/search", {"vectors": vectors}, token=TOKEN).status_code == 200
+    assert SearchClient(url).healthz() == {"status": "ok"}  # health probes carry no token
+    with pytest.raises(SearchError, match="HTTP 401"):
+        SearchClient(url, token="wrong").search(vectors=vectors)
+
+
+def test_a_hot_swap_under_load_loses_no_request(service):
+    # The new index is an embeddings folder (45 passages, other docids): each shard reads its rows of it.
+    url, second, vectors = service["url"], service["second"], service["query_vectors"]
+    failures, answers, stop = [], [], threading.Event()
+
+    def keep_asking():
+        client = SearchClient(url, token=TOKEN)
+        while not stop.is_set():
+            try:
+                answers.append(client.search(QUERIES[:2], k=5))
+                answers.append(client.search(vectors=vectors[2:], k=5))
+            except Exception as error:  # every failure counts
+                failures.append(repr(error))
+
+    def replicas() -> set[str]:
+        return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                if actor["name"].startswith("SERVE_REPLICA::search#")}
+
+    replicas_before = replicas()
+    worker = threading.Thread(target=keep_asking)
+    worker.start()
+    client = SearchClient(url, token=TOKEN)
+    try:
+        time.sleep(1.0)
+        before = len(answers)
+        deploy(swapped(service["config"], "search", index=second["embeddings"], corpus=second["corpus"]))
+        deadline = time.monotonic() + 60
+        while client.info()["index"] != second["embeddings"]:
+            assert time.monotonic() < deadline, "the new index was not served within 60 s"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join()
+    assert not failures and len(answers) > before + 4, (failures[:3], before, len(answers))
+    assert replicas() == replicas_before and len(replicas_before) == 4  # reconfigured in place, not restarted
+    assert answers[0][0][0]["docid"].startswith("d") and answers[-1][0][0]["docid"].startswith("n")
+    expected_scores, expected_docids = search(second["index"], vectors, 50)
+    docids, scores = hits_of(client.search(vectors=vectors, k=50))
+    assert docids == expected_docids.tolist() and np.array_equal(np.float32(scores), expected_scores)
+    info = client.info()
+    assert (info["ntotal"], info["corpus"], info["swap_errors"]) == (45, second["corpus"], [])
+    assert [part["rows"] for part in info["shard_parts"]] == [[0, 22], [22, 45]]

@@ -1,0 +1,295 @@
+"""The serving pieces without Ray: request checks, the HTTP layer, shard parts and their merge, swap bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from raytev.args import ServeArguments
+from raytev.errors import RaytevError
+from raytev.index.build import build_index
+from raytev.index.search import search
+from raytev.index.storage import save_index
+from raytev.serve.app import application_config, options_from_args, serve_config, swapped, user_configs
+from raytev.serve.http import make_api, token_digest
+from raytev.serve.merge import merge_shard_hits
+from raytev.serve.parts import check_index, load_part, row_range
+from raytev.serve.passages import read_passages
+from raytev.serve.plan import SwapInProgress, choose_plan
+from raytev.serve.swap import Versions
+from raytev.serve.validation import Limits, RequestError, check_dimension, parse_search_request
+from helpers import write_jsonl
+from test_index_build import write_embeddings
+
+LIMITS = Limits(max_queries=4, max_k=50, max_body_bytes=2000)
+
+
+def parse(body, text_queries=True):
+    return parse_search_request(body if isinstance(body, bytes) else json.dumps(body).encode(), LIMITS, text_queries)
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b'{"queries": ["a cat"', 400, "malformed JSON"),
+    (b"", 400, "malformed JSON"),
+    (b"[1, 2]", 422, "the body must be a JSON object"),
+    ({"k": 3}, 422, "not neither"),
+    ({"queries": ["a"], "vectors": [[1.0]]}, 422, "not both"),
+    ({"queries": "a cat"}, 422, "queries: Input should be a valid array"),
+    ({"queries": ["a", 3]}, 422, "queries[1]: Input should be a valid string"),
+    ({"queries": ["a"], "k": "3"}, 422, "k: Input should be a valid integer"),
+    ({"queries": ["a"], "k": 2.5}, 422, "k: Input should be a valid integer"),
+    ({"queries": ["a"], "top": 3}, 422, "top: Extra inputs are not permitted"),
+    ({"queries": []}, 422, '"queries" is empty'),
+    ({"queries": ["a", "  \t"]}, 422, "queries[1] is empty or only whitespace"),
+    ({"queries": ["a"] * 5}, 422, "5 queries in one request; at most 4"),
+    ({"queries": ["a"], "k": 0}, 422, "k must be between 1 and 50, got 0"),
+    ({"queries": ["a"], "k": -2}, 422, "got -2"),
+    ({"queries": ["a"], "k": 51}, 422, "k must be between 1 and 50, got 51"),
+    ({"vectors": [[1.0, 2.0], [1.0]]}, 422, "differ in length (1, 2 numbers)"),
+    ({"vectors": [[1.0, "x"]]}, 422, "vectors[0][1]: Input should be a valid number"),
+    (b'{"vectors": [[1.0, 2.0], [NaN, 1.0]]}', 422, "vectors[1] holds NaN or infinity"),
+    (b'{"vectors": [[Infinity, 2.0]]}', 422, "vectors[0] holds NaN or infinity"),
+    ({"vectors": [[1e300, 2.0]]}, 422, "vectors[0] holds NaN or infinity"),
+])
+def test_bad_requests_say_what_was_wrong(body, status, says):
+    with pytest.raises(RequestError) as refused:
+        parse(body)
+    assert refused.value.status == status and says in refused.value.message, refused.value.message
+
+
+def test_good_requests_parse_to_texts_or_vectors():
+    query = parse({"queries": ["what is a cat", "a dog"], "k": 5})
+    assert query.texts == ["what is a cat", "a dog"] and query.vectors is None and query.k == 5
+    query = parse({"vectors": [[1, 2.5], [0, -1]]})
+    assert query.vectors.dtype == np.float32 and query.vectors.tolist() == [[1, 2.5], [0, -1]] and query.k == 10
+    check_dimension(query, 2)
+    with pytest.raises(RequestError, match="have 2 dimensions but the index holds 3-dimensional"):
+        check_dimension(query, 3)
+    with pytest.raises(RequestError, match="no query encoder"):
+        parse({"queries": ["a"]}, text_queries=False)
+
+
+def test_shard_parts_merge_into_the_ranking_of_one_flat_index(tmp_path):
+    # -1/0/1 vectors tie heavily, also across part boundaries: only the position rule decides the cut.
+    rng = np.random.default_rng(3)
+    vectors = rng.integers(-1, 2, (301, 6)).astype(np.float32)
+    queries = rng.integers(-1, 2, (40, 6)).astype(np.float32)
+    location = write_embeddings(tmp_path / "emb", vectors, [100, 7, 194])
+    folder = save_index(build_index(location), tmp_path / "index")
+    whole = search(folder, queries, 25)
+    for source in (str(folder), location):
+        for num_shards in (1, 2, 3, 5):
+            loaded = [load_part(source, shard, num_shards) for shard in range(num_shards)]
+            assert [rows for _, rows in loaded] == [row_range(301, shard, num_shards) for shard in range(num_shards)]
+            parts = [search(part, queries, 25) for part, _ in loaded]
+            scores, docids = merge_shard_hits(parts, 25)
+            assert np.array_equal(docids, whole[1]) and np.array_equal(scores, whole[0]), (source, num_shards)
+    # k beyond the corpus: every row once, best first; a part with no rows at all merges too.
+    parts = [search(load_part(location, shard, 400)[0], queries[:3], 500) for shard in range(400)]
+    scores, docids = merge_shard_hits(parts, 500)
+    assert docids.shape == (3, 301) and all(len(set(row)) == 301 for row in docids.tolist())
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_missing_hits_stay_last_in_the_merge():
+    parts = [(np.array([[0.9, -np.inf]], dtype=np.float32), np.array([["a", None]], dtype=object)),
+             (np.array([[0.95, 0.9, 0.1]], dtype=np.float32), np.array([["b", "c", "d"]], dtype=object))]
+    scores, docids = merge_shard_hits(parts, 10)
+    assert docids.tolist() == [["b", "a", "c", "d"]] and scores.tolist()[0][:2] == pytest.approx([0.95, 0.9])
+
+
+def test_ann_indexes_are_not_cut_by_rows(tmp_path):
+    vectors = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    location = write_embeddings(tmp_path / "emb", vectors, [50])
+    hnsw = save_index(build_index(location, "HNSW32"), tmp_path / "hnsw")
+    assert load_part(str(hnsw), 0, 1)[0].faiss_index.ntotal == 50
+    with pytest.raises(RaytevError, match="HNSW32 index, which cannot be cut into 2 shards by rows"):
+        load_part(str(hnsw), 0, 2)
+    # One folder per shard is the ANN way; the count must match.
+    other = save_index(build_index(location, "HNSW32"), tmp_path / "hnsw2")
+    part, rows = load_part(f"{hnsw},{other}", 1, 2)
+    assert rows is None and part.faiss_index.ntotal == 50
+    with pytest.raises(RaytevError, match="names 2 folders but --num_shards is 3"):
+        check_index(f"{hnsw},{other}", 3)
+    with pytest.raises(RaytevError, match="nothing: no such file or folder"):
+        check_index(str(tmp_path / "nothing"), 1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RaytevError, match="no manifest.json"):
+        check_index(str(tmp_path / "empty"), 1)
+
+
+def test_a_plan_never_mixes_versions():
+    def view(*entries):
+        return {"held": [{"key": key, "model": model, "dim": 4, "ntotal": 10, "spec": "Flat", "index": key,
+                          "index_model": "", "shard": 0, "rows": [0, 10]} for key, model in entries]}
+
+    # Shard 0 switched to B, shard 1 not yet: A is the newest version both hold.
+    plan = choose_plan([view(("B", "m"), ("A", "m")), view(("A", "m"))], None)
+    assert (plan.index_key, plan.ntotal, plan.model_key) == ("A", 20, None)
+    plan = choose_plan([view(("B", "m"), ("A", "m")), view(("B", "m"), ("A", "m"))], None)
+    assert plan.index_key == "B"
+    # Index B was built with model m2, which the encoder has not loaded yet: stay on A with m1.
+    encoder = {"held": [{"key": "k1", "model": "m1", "dim": 4}]}
+    plan = choose_plan([view(("B", "m2"), ("A", "m1"))], encoder)
+    assert (plan.index_key, plan.model_key, plan.model) == ("A", "k1", "m1")
+    encoder = {"held": [{"key": "k2", "model": "m2", "dim": 4}, {"key": "k1", "model": "m1", "dim": 4}]}
+    assert choose_plan([view(("B", "m2"), ("A", "m1"))], encoder).model_key == "k2"
+    with pytest.raises(SwapInProgress):
+        choose_plan([view(("C", "m")), view(("A", "m"))], None)
+
+
+def test_versions_keep_the_current_and_the_previous():
+    versions = Versions()
+    assert versions.get() is None and versions.current_key is None
+    for key in ("a", "b", "c"):
+        versions.install(key, key.upper())
+    assert versions.items() == [("c", "C"), ("b", "B")] and versions.get("a") is None
+    versions.keep_only("b")  # no longer current: nothing is released
+    assert versions.get("b") == ("b", "B")
+    versions.keep_only("c")
+    assert versions.items() == [("c", "C")]
+
+
+class FakeService:
+    text_queries = True
+
+    def __init__(self):
+        self.seen = []
+
+    async def search(self, query):
+        self.seen.append(query)
+        return [[{"docid": "d1", "score": 0.5}] for _ in range(len(query))]
+
+    async def info(self):
+        return {"dim": 2}
+
+
+def call(app, method, path, body=b"", headers=(), chunks=None):
+    """One request through an ASGI app, without a server: (status, JSON body)."""
+    messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in (chunks or [])]
+    messages.append({"type": "http.request", "body": body, "more_body": False})
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    header_list = [(name.lower().encode(), value.encode()) for name, value in headers]
+    if chunks is None:
+        header_list.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": header_list,
+             "server": ("test", 80), "client": ("test", 1)}
+    asyncio.run(app(scope, receive, send))
+    status = next(message["status"] for message in sent if message["type"] == "http.response.start")
+    payload = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return status, json.loads(payload)
+
+
+def test_the_http_layer_checks_token_size_and_input_before_searching():
+    service = FakeService()
+    app = make_api(service, LIMITS, token_digest("s3cret"))
+    good = json.dumps({"queries": ["a cat"], "k": 3}).encode()
+    bearer = [("Authorization", "Bearer s3cret")]
+    assert call(app, "POST", "/search", good) == (401, {"error": "missing or wrong bearer token: send the header "
+                                                                 "'Authorization: Bearer <token>'."})
+    assert call(app, "POST", "/search", good, [("Authorization", "Bearer s3cre")])[0] == 401
+    assert call(app, "POST", "/search", good, [("Authorization", "Basic s3cret")])[0] == 401
+    assert call(app, "GET", "/healthz") == (200, {"status": "ok"})
+    assert call(app, "GET", "/info")[0] == 401 and call(app, "GET", "/info", headers=bearer) == (200, {"dim": 2})
+    assert call(app, "POST", "/search", good, bearer) == (200, {"results": [[{"docid": "d1", "score": 0.5}]]})
+    status, answer = call(app, "POST", "/search", b"x" * 2001, bearer)
+    assert status == 413 and "2,001 bytes; at most 2,000" in answer["error"]
+    # Without Content-Length the limit is counted while the body arrives.
+    status, answer = call(app, "POST", "/search", b"x" * 500, bearer, chunks=[b" " * 1000, b" " * 1000])
+    assert status == 413 and "over 2,000 bytes" in answer["error"]
+    status, answer = call(app, "POST", "/search", b'{"queries": []}', bearer)
+    assert status == 422 and answer == {"error": '"queries" is empty: give at least one.'}
+    assert call(app, "GET", "/nowhere", headers=bearer) == (404, {"error": "Not Found"})
+    assert len(service.seen) == 1
+    schema = make_api(service, LIMITS).openapi()
+    assert "SearchRequest" in json.dumps(schema["paths"]["/search"]["post"]["requestBody"])
+
+
+def test_configs_carry_no_token_and_swaps_change_only_user_configs(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAYTEV_AUTH_TOKEN", raising=False)
+    index = write_embeddings(tmp_path / "emb", np.ones((4, 2), dtype=np.float32), [4])
+    options = options_from_args({"index": index, "num_shards": 2, "auth_token": "s3cret",
+                                 "model_name_or_path": "some/model", "port": 8123})
+    config = serve_config(options)
+    assert "s3cret" not in json.dumps(config) and config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    args = config["applications"][0]["args"]
+    assert args == {"index": index, "num_shards": 2, "model_name_or_path": "some/model",
+                    "auth_token_sha256": token_digest("s3cret")}
+    first = swapped(config, "raytev", index=str(tmp_path / "other"))
+    second = swapped(first, "raytev", corpus="scifact", max_batch_size=8)
+    app = second["applications"][0]
+    assert app["args"] == args  # builder args unchanged: Serve reconfigures instead of restarting
+    user = {entry["name"]: entry["user_config"] for entry in app["deployments"]}
+    assert set(user) == {"IndexShard0", "IndexShard1", "QueryEncoder", "Ingress"}
+    assert user["IndexShard1"]["index"] == str(tmp_path / "other") and user["IndexShard1"]["max_batch_size"] == 8
+    assert user["Ingress"]["corpus"] == "scifact" and user["QueryEncoder"]["model_name_or_path"] == "some/model"
+    with pytest.raises(RaytevError, match="cannot hot swap num_shards"):
+        swapped(config, "raytev", num_shards=3)
+    plain = application_config(options_from_args({"index": index}))
+    assert set(user_configs(options_from_args(plain["args"]))) == {"IndexShard0", "Ingress"}
+    with pytest.raises(RaytevError, match="--max_k must be at least 1"):
+        ServeArguments(max_k=0)
+
+
+def test_corpus_texts_come_from_raytev_readers(tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": "d1", "title": "T", "text": "a cat"},
+                                                     {"_id": "d2", "text": "a dog"}])
+    assert read_passages(str(corpus)) == {"d1": ("T", "a cat"), "d2": ("", "a dog")}
+    assert len(read_passages("scifact")) == 5183
+    with pytest.raises(RaytevError, match="file not found"):
+        read_passages(str(tmp_path / "missing.jsonl"))
+
+
+def test_the_serve_config_yaml_is_a_valid_config_of_the_builder():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from raytev.serve.app import build_app
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "jobs" / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    assert app.import_path == "raytev.serve.app:build_app" and schema.http_options.host == "127.0.0.1"
+    options = options_from_args(app.args)
+    assert options[0].corpus == "scifact" and options[1].model_name_or_path == "out/demo/fine-tuned/model"
+    assert type(build_app(app.args)).__name__ == "Application"  # builds without Ray; replicas load by path
+
+
+def test_the_batch_runner_takes_everything_that_queued_meanwhile():
+    from raytev.serve.batching import BatchRunner
+
+    seen = []
+
+    async def run(items):
+        seen.append(list(items))
+        await asyncio.sleep(0.05)
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item * 2 for item in items]
+
+    async def scenario():
+        runner = BatchRunner(run, max_size=3)
+        first = runner.submit([1])  # runs at once, alone: nothing waits when the service is idle
+        await asyncio.sleep(0.01)
+        later = [runner.submit([n]) for n in (2, 3, 4, 5)]  # arrive while the first batch runs
+        results = await asyncio.gather(*first, *(future for futures in later for future in futures))
+        failing = runner.submit(["bad", "x"])
+        outcome = await asyncio.gather(*failing, return_exceptions=True)
+        return results, outcome
+
+    results, outcome = asyncio.run(scenario())
+    assert results == [2, 4, 6, 8, 10] and seen[:3] == [[1], [2, 3, 4], [5]]
+    assert all(isinstance(error, ValueError) for error in outcome)
