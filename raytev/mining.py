@@ -13,8 +13,9 @@ from pathlib import Path
 from raytev.args import (DataArguments, EncoderArguments, IndexArguments, MineArguments, ModelArguments,
                          PrecisionArguments, RayArguments, RetrievalArguments)
 from raytev.bundled import resolve_model_path
-from raytev.data.formats import Passage, parse_corpus_record, parse_query_record, parse_training_group
+from raytev.data.formats import Passage, parse_query_record, parse_training_group
 from raytev.data.prepare import prepare_data
+from raytev.data.reading import read_passages
 from raytev.data.relevance import read_run
 from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, resolve_source
@@ -64,7 +65,8 @@ def mine(data: DataArguments, model: ModelArguments, encoder: EncoderArguments, 
     ranked = {row["query_id"]: [entry.docid for entry in run.get(row["query_id"], [])] for row in rows}
     needed = {docid for row in rows for docid in row["positive_docids"] + row["negative_docids"]}
     needed |= {docid for docids in ranked.values() for docid in docids}
-    passages = read_passages(source, needed)
+    passages = read_passages(source.corpus, problems, needed)
+    problems.raise_if_any()
     missing = sorted(needed - passages.keys())
     if missing:
         raise RaytevError(f"{len(missing)} docids of the training groups are not in the corpus (e.g. "
@@ -90,18 +92,6 @@ def select_negatives(group: dict, ranked: list[str], passages: dict[str, Passage
         return window
     chosen = set(random.Random(stable_seed(seed, "mine", group["query_id"])).sample(window, options.n_sample))
     return [docid for docid in window if docid in chosen]  # keep rank order
-
-
-def read_passages(source: DataSource, docids: set[str]) -> dict[str, Passage]:
-    """The corpus passages with these docids, read in one streaming pass."""
-    problems = ProblemLog()
-    passages = {}
-    for path, line, record in source.corpus.iter_records(problems):
-        passage = parse_corpus_record(record, path, line, problems)
-        if passage is not None and passage.docid in docids:
-            passages[passage.docid] = passage
-    problems.raise_if_any()
-    return passages
 
 
 def query_texts(source: DataSource) -> dict[str, str]:

@@ -8,7 +8,9 @@ import unicodedata
 
 import pytest
 
+from raytev.args import EvalArguments
 from raytev.errors import RaytevError
+from raytev.eval.files import evaluate_files
 from raytev.eval.qa import answer_matcher, has_answer, qa_top_k_accuracy
 from raytev.eval.simple_tokenizer import simple_tokens
 
@@ -160,3 +162,34 @@ def test_qa_errors():
         qa_top_k_accuracy(RUN, {"q1": []}, PASSAGES, ks=(1,))
     with pytest.raises(RaytevError, match="positive whole numbers"):
         qa_top_k_accuracy(RUN, ANSWERS, PASSAGES, ks=(0, 5))
+
+
+
+def write_qa_files(tmp_path, corpus_lines):
+    """Questions with answers, a corpus and a run, as `raytev eval --qa_answers --qa_corpus` reads them."""
+    from helpers import write_jsonl
+
+    questions = write_jsonl(tmp_path / "questions.jsonl", [
+        {"query_id": "q1", "query": "capital of France?", "answers": ["Paris"]},
+        {"query_id": "q2", "query": "tallest mountain?", "answers": ["Everest"]}])
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_lines)
+    run = tmp_path / "run.txt"
+    run.write_text("q1\tp1\t0.9\nq1\tp2\t0.8\nq2\tp3\t0.5\n")
+    return EvalArguments(run=str(run), qa_answers=str(questions), qa_corpus=str(corpus), top_k="1,2")
+
+
+def test_qa_accuracy_from_files(tmp_path):
+    args = write_qa_files(tmp_path, [
+        {"docid": "p1", "title": "Paris", "text": "Lyon is a city."},  # DPR matches the text, not the title
+        {"docid": "p2", "title": "", "text": "Paris is the capital."},
+        {"docid": "p3", "title": "", "text": "Everest is the tallest."},
+        {"docid": "p4", "title": "", "text": "Paris, never retrieved."}])
+    # q1: answer first at rank 2 (p2); q2: at rank 1 (p3).
+    assert evaluate_files(args) == pytest.approx({"Top-1": 0.5, "Top-2": 1.0}, abs=1e-9)
+
+
+def test_a_broken_qa_corpus_line_is_located(tmp_path):
+    args = write_qa_files(tmp_path, [{"docid": "p1", "text": "x"}, '{"docid": "p2", "text": "Paris"',
+                                     {"docid": "p3", "text": "Everest"}])
+    with pytest.raises(RaytevError, match=r"corpus.jsonl:2: invalid JSON"):
+        evaluate_files(args)

@@ -65,6 +65,17 @@ def read_corpus(records: RecordFiles, work_dir: Path, separator: str, problems: 
     return path
 
 
+def read_passages(records: RecordFiles, problems: ProblemLog, docids: set[str] | None = None) -> dict[str, Passage]:
+    """docid -> Passage of a corpus (only those in `docids` when given), in one streaming pass; bad records are
+    logged in `problems` for the caller to raise."""
+    passages = {}
+    for source, line, record in records.iter_records(problems):
+        passage = parse_corpus_record(record, source, line, problems)
+        if passage is not None and (docids is None or passage.docid in docids):
+            passages[passage.docid] = passage
+    return passages
+
+
 def read_queries(records: RecordFiles, work_dir: Path, problems: ProblemLog) -> QueriesText:
     """Validate plain queries into `queries-text.arrow`; duplicate query ids are problems."""
     path = work_dir / "queries-text.arrow"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from raytev.args import EvalArguments
-from raytev.data.formats import parse_corpus_record, parse_query_record
+from raytev.data.formats import parse_query_record
+from raytev.data.reading import read_passages
 from raytev.data.relevance import read_qrels, read_run
 from raytev.data.sources import RecordFiles, expand_paths
 from raytev.errors import ProblemLog, RaytevError
@@ -39,12 +40,9 @@ def evaluate_answers(run: dict, args: EvalArguments) -> Evaluation:
         if query is not None and query.answers:
             answers[query.query_id] = query.answers
     retrieved = {entry.docid for entries in run.values() for entry in entries}
-    texts = {}
-    for source, line, record in RecordFiles("corpus", expand_paths(args.qa_corpus)).iter_records(problems):
-        passage = parse_corpus_record(record, source, line, problems)
-        if passage is not None and passage.docid in retrieved:
-            texts[passage.docid] = passage.text
+    passages = read_passages(RecordFiles("corpus", expand_paths(args.qa_corpus)), problems, retrieved)
     problems.raise_if_any()
+    texts = {docid: passage.text for docid, passage in passages.items()}
     if not answers:
         raise RaytevError(f"{args.qa_answers} has no query with `answers`: QA accuracy needs them.")
     ks = tuple(int(k) for k in args.top_k.split(",") if k.strip())

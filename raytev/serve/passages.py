@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raytev.bundled import bundled_dataset_path
-from raytev.data.formats import parse_corpus_record
+from raytev.data.reading import read_passages as read_corpus_passages
 from raytev.data.sources import RecordFiles, expand_paths, find_beir_layout
 from raytev.errors import ProblemLog, RaytevError
 
@@ -26,10 +26,6 @@ def corpus_files(corpus: str) -> tuple[Path, ...]:
 def read_passages(corpus: str) -> dict[str, tuple[str, str]]:
     """docid -> (title, text) of a corpus (see corpus_files for what it may name)."""
     problems = ProblemLog()
-    passages = {}
-    for source, line, record in RecordFiles("corpus", corpus_files(corpus)).iter_records(problems):
-        passage = parse_corpus_record(record, source, line, problems)
-        if passage is not None:
-            passages[passage.docid] = (passage.title, passage.text)
+    passages = read_corpus_passages(RecordFiles("corpus", corpus_files(corpus)), problems)
     problems.raise_if_any()
-    return passages
+    return {docid: (passage.title, passage.text) for docid, passage in passages.items()}
