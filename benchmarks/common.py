@@ -9,6 +9,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from raytev.staging import staged_file
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -44,7 +46,6 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     payload = {"benchmark": name, "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": machine_info(), **payload}
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
+    with staged_file(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2) + "\n")
     return path

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 from raytev.data.hub import HubDataset
 from raytev.errors import RaytevError
+from raytev.staging import staged_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,16 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 def write_atomically(output: Path, lines: Iterable[str]) -> int:
     """Write lines under a temporary name and rename it into place, so a partial file never looks finished."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
     count = 0
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(line)
-                count += 1
-        temporary.replace(output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with staged_file(output) as temporary, open(temporary, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line)
+            count += 1
     return count
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from raytev.args import (DataArguments, EncoderArguments, IndexArguments, MineArguments, ModelArguments,
                          PipelineArguments, PrecisionArguments, RayArguments, RetrievalArguments, TrainingArguments)
 from raytev.retrieval import StageTiming
+from raytev.staging import staged_file
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SHOWN_METRICS = ("nDCG@10", "MRR@10", "R@100", "MAP")
@@ -129,8 +130,7 @@ def save_chart(before: dict, after: dict, path: Path) -> Path:
     axes.legend(loc="upper center", ncol=2)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with staged_file(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")  # the temporary name has no .png to go by
     plt.close(figure)
-    temporary.replace(path)
     return path

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from raytev.data.sources import DataSource, resolve_source
 from raytev.errors import ProblemLog, RaytevError
 from raytev.eval.qa import answer_matcher
 from raytev.retrieval import StageTiming, retrieve
+from raytev.staging import staged_file
 
 
 @dataclass
@@ -120,8 +120,7 @@ def write_groups(output: Path, source: DataSource, rows: list[dict], mined: dict
                 for docid in passage_ids]
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with staged_file(output) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         parts = [lambda row: mined[row["query_id"]]]
         if keep_original:
             parts.insert(0, lambda row: row["negative_docids"])
@@ -133,4 +132,3 @@ def write_groups(output: Path, source: DataSource, rows: list[dict], mined: dict
                 if row.get("answers"):
                     group["answers"] = row["answers"]
                 handle.write(json.dumps(group, ensure_ascii=False) + "\n")
-    temporary.replace(output)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from raytev.eval.evaluation import Evaluation
 from raytev.eval.metrics import evaluate_run
 from raytev.eval.report import format_json
 from raytev.retrieval import StageTiming, retrieve
+from raytev.staging import staged_file
 
 METRICS_FILE = "metrics.json"
 
@@ -79,9 +79,8 @@ def run_pipeline(data: DataArguments, model: ModelArguments, training: TrainingA
 
 def write_metrics(path: Path, metrics: Evaluation) -> None:
     """metrics.json, the same keys as `raytev eval --json` (via a temporary name)."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(format_json(metrics) + "\n")
-    temporary.replace(path)
+    with staged_file(path) as temporary:
+        temporary.write_text(format_json(metrics) + "\n")
 
 
 def read_metrics(output_dir: Path) -> dict:

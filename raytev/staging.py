@@ -1,4 +1,4 @@
-"""Write a folder under a temporary sibling name and move it into place only once it is complete."""
+"""Write a file or folder under a temporary sibling name and move it into place only once it is complete."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from raytev.errors import RaytevError
+
+
+@contextmanager
+def staged_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it replaces `target`, on error it is removed."""
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield temporary
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)  # gone already after a successful replace
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import pickle
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytev.errors import RaytevError
+from raytev.staging import staged_file
 
 MANIFEST = "manifest.json"
 FORMAT = "raytev-embeddings"
@@ -75,9 +75,8 @@ def read_manifest(directory: Path) -> EmbeddingsManifest | None:
 
 
 def _write_json_atomically(path: Path, values: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-    temporary.replace(path)
+    with staged_file(path) as temporary:
+        temporary.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
 
 
 class EmbeddingsWriter:
@@ -116,9 +115,8 @@ class EmbeddingsWriter:
         table = pa.table({"id": pa.array(ids, pa.string()),
                           "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
                                                                          self.manifest.dim)})
-        temporary = self.directory / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        pq.write_table(table, temporary)
-        temporary.replace(self.directory / name)
+        with staged_file(self.directory / name) as temporary:
+            pq.write_table(table, temporary)
         self.manifest.shards[name] = len(ids)
         _write_json_atomically(self.directory / MANIFEST, asdict(self.manifest))
 
@@ -208,11 +206,8 @@ def load_embeddings(location: str) -> tuple[np.ndarray, np.ndarray]:
 
 def write_tevatron_pickle(path: str | os.PathLike, vectors: np.ndarray, ids: list[str]) -> None:
     """Tevatron's `(reps, ids)` pickle, for scripts that expect it (written via a temporary name)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(temporary, "wb") as handle:
+    with staged_file(path) as temporary, open(temporary, "wb") as handle:
         pickle.dump((np.asarray(vectors, dtype=np.float32), list(ids)), handle, protocol=4)
-    temporary.replace(path)
 
 
 def read_tevatron_pickle(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from raytev.data.relevance import read_qrels, read_run
 from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, RecordFiles
 from raytev.errors import ProblemLog
+from raytev.staging import staged_file
 
 CORPUS_TEXT_SCHEMA = pa.schema([("docid", pa.string()), ("text", pa.string()), ("line", pa.int64())])
 QUERY_TEXT_FIELDS = [("query_id", pa.string()), ("text", pa.string()), ("answers", pa.list_(pa.string())),
@@ -227,10 +228,9 @@ def count_list_items(column: pa.ChunkedArray) -> int:
 
 def write_arrow_table(path: Path, table: pa.Table) -> None:
     """Rewrite an Arrow stream file with new contents (via a temporary name)."""
-    temporary = path.with_suffix(".tmp")
-    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    with staged_file(path) as temporary, pa.OSFile(str(temporary), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    temporary.replace(path)
 
 
 def read_source(source: DataSource, work_dir: Path, separator: str, negatives: NegativesConfig,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raytev.errors import RaytevError
+from raytev.staging import staged_file
 
 RUN_FORMATS = ("tevatron", "trec", "msmarco")
 
@@ -33,20 +33,15 @@ def write_run(path: str | os.PathLike, query_ids: Sequence[str], scores: np.ndar
     _check_no_whitespace(query_ids, "query id")
     _check_no_whitespace([docid for row in docids for docid in row if docid is not None], "docid")
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     lines = 0
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(temporary, "wt", encoding="utf-8") as handle:
-            for query_id, row_scores, row_docids in zip(query_ids, scores, docids):
-                texts = np.asarray(row_scores, dtype=np.float32).astype(str)
-                rows = [_line(format, query_id, docid, rank, text, tag)
-                        for rank, (docid, text) in enumerate(zip(row_docids, texts), start=1) if docid is not None]
-                handle.writelines(rows)
-                lines += len(rows)
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with staged_file(path) as temporary, \
+            (gzip.open if path.suffix == ".gz" else open)(temporary, "wt", encoding="utf-8") as handle:
+        for query_id, row_scores, row_docids in zip(query_ids, scores, docids):
+            texts = np.asarray(row_scores, dtype=np.float32).astype(str)
+            rows = [_line(format, query_id, docid, rank, text, tag)
+                    for rank, (docid, text) in enumerate(zip(row_docids, texts), start=1) if docid is not None]
+            handle.writelines(rows)
+            lines += len(rows)
     return lines
 
 
