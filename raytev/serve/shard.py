@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass, replace
 
-import faiss
 import numpy as np
 from ray import serve
 
@@ -27,22 +26,6 @@ class ShardPart:
     location: str
     model: str
     rows: tuple[int, int] | None  # global rows [low, high); None for one folder per shard
-
-
-# faiss-cpu 1.15 scans the whole index once per query unless a search is large (distance_compute_blas_threshold
-# is 128,000 here: searches of a few hundred queries at dimension 384 still scanned). On 100k x 384 one matrix
-# product over 64 queries cost a tenth as much per query as 64 scans, while one query scanned faster than it
-# multiplied. So batches of this many queries or more go through BLAS; exact search rescores every candidate,
-# so the results do not change.
-BLAS_FROM_QUERIES = 4
-SCAN_THRESHOLD = faiss.cvar.distance_compute_blas_threshold
-
-
-def search_batch(part: DenseIndex, vectors: np.ndarray, k: int, search_parameters: str):
-    """(scores, docids) of `raytev search` on one part (exact for flat parts), with BLAS for batches."""
-    # Process-wide, but a replica runs one search at a time (its BatchRunner).
-    faiss.cvar.distance_compute_blas_threshold = 1 if len(vectors) >= BLAS_FROM_QUERIES else SCAN_THRESHOLD
-    return search(part, vectors, k, search_parameters=search_parameters)
 
 
 def index_key(config: dict) -> str:
@@ -110,9 +93,11 @@ class IndexShard:
                 groups.setdefault((held[0], call.k), (held[1], []))[1].append(number)
         for (key, k), (part, members) in groups.items():
             vectors = np.concatenate([calls[number].vectors for number in members])
-            # In a thread: FAISS releases the GIL, so the replica keeps taking requests meanwhile.
+            # In a thread: FAISS releases the GIL, so the replica keeps taking requests meanwhile (one search at
+            # a time: the BatchRunner waits for it).
             started = time.perf_counter()
-            scores, docids = await asyncio.to_thread(search_batch, part.index, vectors, k, self.search_parameters)
+            scores, docids = await asyncio.to_thread(search, part.index, vectors, k,
+                                                     search_parameters=self.search_parameters)
             self.search_seconds += time.perf_counter() - started
             start = 0
             for number in members:
