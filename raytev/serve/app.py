@@ -21,7 +21,8 @@ OPTION_CLASSES = (ServeArguments, ModelArguments, PrecisionArguments, RayArgumen
 TOKEN_ENV = "RAYTEV_AUTH_TOKEN"
 INGRESS_MAX_ONGOING_REQUESTS = 256  # the ingress only waits on the others: let it hold many requests at once
 # Flags that place the application (config level) or act in the CLI only, not in the builder's args.
-NOT_BUILDER_ARGS = {"host", "port", "route_prefix", "app_name", "print_config", "auth_token", "address", "access_log"}
+NOT_BUILDER_ARGS = {"host", "port", "route_prefix", "app_name", "print_config", "auth_token", "address", "access_log",
+                    "http_ingress"}
 # What a hot swap may change: the rest shapes the deployments and needs a redeploy.
 SWAPPABLE = {"index", "corpus", "revision", "search_parameters", "max_batch_size", "batch_wait_timeout_s",
              "model_name_or_path", "tokenizer_name", "pooling", "normalize", "untie_encoder", "query_max_len",
@@ -218,6 +219,7 @@ def service_url(serve: ServeArguments) -> str:
 def start_service(options: Options) -> str:
     """Check the flags, connect to Ray (or start it here) and deploy the service; returns its URL."""
     from raytev.cluster import connect
+    from raytev.serve.front import set_front_for_local_ray
     from raytev.serve.parts import check_index
     from raytev.serve.passages import corpus_files
 
@@ -225,6 +227,10 @@ def start_service(options: Options) -> str:
     check_index(serve.index, serve.num_shards)
     if serve.corpus:
         corpus_files(serve.corpus)  # a missing corpus fails here, not after the replicas have started
+    import ray
+
+    if not ray.is_initialized():
+        set_front_for_local_ray(serve.http_ingress)
     connect(options[3].address)
     deploy(serve_config(options))
     return service_url(serve)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 from ray import serve
 
+from raytev.serve.front import front_of_this_process
 from raytev.serve.http import make_api
 from raytev.serve.merge import merge_shard_hits
 from raytev.serve.messages import EncodeCall, SearchCall
@@ -96,7 +97,7 @@ class Ingress:
         corpus = self.corpora.versions.get()
         return {"model": plan.model, "dim": plan.dim, "ntotal": plan.ntotal, "shards": len(self.shards),
                 "index_type": plan.spec, "index": plan.index, "corpus": corpus[1][0] if corpus else None,
-                "text_queries": self.text_queries,
+                "text_queries": self.text_queries, "http_front": front_of_this_process(),
                 "shard_parts": [{"shard": part["shard"], "rows": part["rows"], "ntotal": part["ntotal"],
                                  "batches": view["batches"], "requests": view["requests"],
                                  "search_seconds": view["search_seconds"]}

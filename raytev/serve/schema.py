@@ -52,6 +52,7 @@ class InfoResponse(BaseModel):
     index: str
     corpus: str | None
     text_queries: bool
+    http_front: str  # "haproxy" (Ray Serve's high-throughput mode) or "proxy" (Serve's Python proxy)
     shard_parts: list[ShardInfo]
     swap_errors: list[str]
 

