@@ -81,8 +81,13 @@ def test_raytev_serve_behind_haproxy_answers_like_the_in_process_search(tmp_path
             wait_for_banner(tmp_path / "serve.log", process)  # HAProxy answers before Serve reports RUNNING
             started = time.time()
             process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)  # a second one (an impatient user, `timeout`) must not cut it short
             assert process.wait(timeout=90) == 0
             assert time.time() - started < 60  # not Serve's 30 s draining per ingress replica and more
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger
+                probe.bind(("127.0.0.1", port))  # nothing (HAProxy) was left listening on the port
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # with the Ray it started

@@ -263,4 +263,9 @@ def serve_until_interrupted() -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # A second Ctrl-C or SIGTERM (`timeout` and process managers send their own) must not cut the shutdown
+        # short: that leaves Serve's HAProxy process running and holding the port.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("stopping the service (a few seconds)...", flush=True)
         serve.shutdown()
