@@ -229,8 +229,9 @@ def start_service(options: Options) -> str:
         corpus_files(serve.corpus)  # a missing corpus fails here, not after the replicas have started
     import ray
 
-    if not ray.is_initialized():
-        set_front_for_local_ray(serve.http_ingress)
+    address = options[3].address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized() and address in (None, "", "local"):
+        set_front_for_local_ray(serve.http_ingress)  # a cluster's front was set when it started
     connect(options[3].address)
     deploy(serve_config(options))
     return service_url(serve)
