@@ -12,23 +12,20 @@ This is the part of `benchmarks/serve_load.py`'s overhead that raytev's own code
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
+from serve_load import free_port  # noqa: E402
 
 # No `from __future__ import annotations` in this file: the routes below travel to replicas by value
 # (cloudpickle), and FastAPI needs their annotations as objects there, not as names to look up.
 BODY = json.dumps({"vectors": [[0.1] * 384], "k": 10})
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def measure_front(front: str, requests_count: int) -> dict:
@@ -57,9 +54,7 @@ def measure_front(front: str, requests_count: int) -> dict:
             return {"size": await self.leaf.remote(size) if self.leaf else size}
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Ingress.bind(), name="one", route_prefix="/one")
     serve.run(Ingress.bind(Leaf.bind()), name="two", route_prefix="/two")
@@ -74,7 +69,8 @@ def measure_front(front: str, requests_count: int) -> dict:
             session.post(url, data=BODY).raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
         result[f"{name}_hop" if name == "one" else "two_hops"] = {
-            "p50_ms": round(percentile(latencies, 0.5), 2), "p99_ms": round(percentile(latencies, 0.99), 2)}
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2)}
     serve.shutdown()
     ray.shutdown()
     return result

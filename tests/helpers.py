@@ -1,9 +1,10 @@
-"""Test building blocks: a tiny offline tokenizer and BERT, and small data files in raytev's formats."""
+"""Test building blocks: a tiny offline tokenizer and BERT, small data files in raytev's formats, a free port."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import socket
 import string
 from pathlib import Path
 
@@ -89,3 +90,10 @@ def toy_training_groups(count: int, negatives: int = 3) -> list[dict]:
     return [group(f"q{i}", f"what is the {animals[i % 3]} {i}", [passage(f"p{i}", f"the {animals[i % 3]} {i}")],
                   [passage(f"n{i}-{j}", f"a small {animals[(i + j + 1) % 3]} {i * 7 + j}") for j in range(negatives)])
             for i in range(count)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing
 
-from helpers import save_tiny_bert
+from helpers import free_port, save_tiny_bert
 from modeling_helpers import (
     DISTRIBUTED_CHUNKS,
     DROPOUT_SEED,
@@ -27,12 +26,6 @@ from raytev.modeling.training_step import passage_inputs, plain_step, query_inpu
 
 WORLD_SIZE = 2
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

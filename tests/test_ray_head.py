@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_tiny_beir, save_tiny_bert
+from helpers import free_port, make_tiny_beir, save_tiny_bert
 
 from raytev.cluster import WORKER_ENV, enable_token_auth, token_source, worker_env
 
@@ -43,11 +43,6 @@ class RayHead:
     client: str  # ray://127.0.0.1:port
     token: str
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def user_env(**settings: str) -> dict:

@@ -3,7 +3,6 @@ equal one flat index, bad requests get their 4xx, the token is enforced, and a h
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import ray
 import requests
-from helpers import save_tiny_bert, write_jsonl
+from helpers import free_port, save_tiny_bert, write_jsonl
 
 from raytev.args import DataArguments, ModelArguments
 from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
@@ -60,11 +59,6 @@ def write_index(root, name: str, model: str, prefix: str, count: int) -> dict:
     folder = save_index(build_index(str(root / f"{name}-emb"), progress=False), root / f"{name}-index")
     return {"corpus": str(corpus), "embeddings": str(root / f"{name}-emb"), "index": str(folder)}
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from helpers import free_port
 
 from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
 from raytev.index.search import search
@@ -21,11 +22,6 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "cli-token"
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_info(url: str, process: subprocess.Popen, log, timeout: float = 240) -> dict:

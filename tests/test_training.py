@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 import raytev
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
-from raytev.training.state import latest_checkpoint
+from raytev.training.state import CHECKPOINT_PATTERN, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -97,10 +97,6 @@ def test_gradcache_and_bf16_train_through_the_loop(ray_session, tiny_run):
     assert result.steps == 20 and all(loss == loss for loss in losses) and losses[-1] < losses[0]
 
 
-def checkpoints_on_disk(run_dir: Path) -> int:
-    return len(list(run_dir.glob("checkpoint_step_*"))) if run_dir.is_dir() else 0
-
-
 def test_fp16_trains_with_a_gradient_scaler(ray_session, tiny_run):
     result = raytev.train(**tiny_run, **TINY, max_steps=8, num_workers=0, save_steps=8, fp16=True)
     losses = [entry["loss"] for entry in result.log]
@@ -134,7 +130,7 @@ def kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, started: float,
         cmdline, created = process.info["cmdline"], process.info["create_time"]
         if cmdline and cmdline[0].startswith("ray::RayTrainWorker") and created and created >= started - 1:
             os.kill(process.pid, signal.SIGKILL)
-            killed.append(int(registered.rsplit("_", 1)[1]))
+            killed.append(int(CHECKPOINT_PATTERN.match(registered).group(1)))
             return
 
 
