@@ -30,13 +30,13 @@ def ndcg_at_10(query_ids, query_vectors, corpus_location_or_pair) -> float:
     import numpy as np
 
     from raytev.bundled import bundled_dataset_path
-    from raytev.data.relevance import read_qrels
+    from raytev.data.qrels import read_qrels
     from raytev.errors import ProblemLog
     from raytev.eval.metrics import evaluate_run
     from raytev.index.search import search
 
     if isinstance(corpus_location_or_pair, tuple):
-        import faiss
+        from raytev.index.faiss_setup import faiss
 
         ids, vectors = corpus_location_or_pair
         index = faiss.IndexFlatIP(vectors.shape[1])
@@ -76,20 +76,15 @@ def peer(args) -> tuple[float, float]:
 
 def raytev_config(args, actors: int, bf16: bool, scratch: Path) -> tuple[float, float]:
     """(docs/s, nDCG@10) of `raytev encode` with this many actors and precision."""
-    from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, ModelArguments, PrecisionArguments,
-                             RayArguments)
+    import raytev
     from raytev.data.embeddings import load_embeddings
-    from raytev.encoding.encoder import encode
 
-    data = DataArguments(dataset_name="scifact", dataset_split="test", passage_max_len=args.max_len,
-                         query_max_len=args.max_len, num_negatives=0)
-    model, precision = ModelArguments(model_name_or_path=MODEL), PrecisionArguments(bf16=bf16)
-    encoder = EncoderArguments(per_device_eval_batch_size=args.batch, num_actors=actors)
     label = f"{actors}a-{'bf16' if bf16 else 'fp32'}"
-    corpus = encode(data, model, EncodeArguments(encode_output_path=str(scratch / f"corpus-{label}")), encoder,
-                    precision, RayArguments())
-    encode(DataArguments(**{**data.__dict__, "encode_is_query": True}), model,
-           EncodeArguments(encode_output_path=str(scratch / f"queries-{label}")), encoder, precision, RayArguments())
+    flags = dict(model_name_or_path=MODEL, dataset_name="scifact", dataset_split="test", passage_max_len=args.max_len,
+                 query_max_len=args.max_len, num_negatives=0, per_device_eval_batch_size=args.batch,
+                 num_actors=actors, bf16=bf16)
+    corpus = raytev.encode(**flags, encode_output_path=str(scratch / f"corpus-{label}"))
+    raytev.encode(**flags, encode_is_query=True, encode_output_path=str(scratch / f"queries-{label}"))
     query_ids, query_vectors = load_embeddings(str(scratch / f"queries-{label}"))
     return corpus.rows / corpus.seconds, ndcg_at_10(query_ids.tolist(), query_vectors, str(scratch / f"corpus-{label}"))
 

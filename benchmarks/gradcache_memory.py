@@ -30,18 +30,16 @@ def measure_one(grad_cache: bool, args) -> dict:
     import pyarrow as pa
     import torch
 
-    from raytev.args import DataArguments, ModelArguments
+    import raytev
     from raytev.bundled import resolve_model_path
+    from raytev.config.sections import TrainingSection
     from raytev.data.collate import TrainingCollator
-    from raytev.data.prepare import prepare_data
     from raytev.modeling.dense import DenseModel
-    from raytev.modeling.grad_cache import grad_cache_step
-    from raytev.modeling.training_step import plain_step
+    from raytev.modeling.training_step import grad_cache_step, plain_step
 
-    data = DataArguments(dataset_name="scifact", train_group_size=args.group, passage_max_len=args.max_len)
-    prepared = prepare_data(data, ModelArguments(model_name_or_path=MODEL))
+    prepared = raytev.prepare(dataset_name="scifact", model_name_or_path=MODEL, passage_max_len=args.max_len)
     rows = prepared.queries.read().slice(0, args.batch)
-    batch = TrainingCollator.for_table(prepared.queries, data)(
+    batch = TrainingCollator.for_table(prepared.queries, TrainingSection(train_group_size=args.group), seed=42)(
         {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names
          if isinstance(rows.column(name).type, pa.ListType) or name == "query_id"})
     model = DenseModel.from_pretrained(resolve_model_path(MODEL), temperature=0.05).train()

@@ -79,12 +79,11 @@ def synthetic(folder: Path, rows: int, queries: int, dim: int = 384, seed: int =
 
 def measure(job: dict) -> dict:
     """Build, save and search one index in this (fresh) process; its figures and the docids found."""
-    import raytev.index  # noqa: F401 - first: it picks OpenBLAS's kernels, which must happen before faiss loads
-    import faiss
     import psutil
     import pyarrow as pa
 
     from raytev.index.build import build_index
+    from raytev.index.faiss_setup import faiss  # raytev's faiss: OpenBLAS's kernels chosen before it loads
     from raytev.index.search import search
     from raytev.index.storage import save_index
 

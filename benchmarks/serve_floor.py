@@ -85,7 +85,7 @@ def main() -> None:
     if args.front:
         print(json.dumps(measure_front(args.front, args.requests)))
         return
-    from raytev.serve.front import set_front_for_local_ray
+    from raytev.serving.front import set_front_for_local_ray
 
     results = {}
     for front in ("haproxy", "proxy"):

@@ -107,9 +107,8 @@ def searches(info_url: str) -> tuple[int, int, float]:
 def in_process(location: str, queries: np.ndarray, seconds: float) -> dict:
     """p50 of one-query searches in this process: raytev's exact search (the shard's) and bare FAISS, on one
     thread as in a replica (Ray sets OMP_NUM_THREADS to a replica's whole CPUs, at least 1)."""
-    import faiss
-
     from raytev.index.build import build_index
+    from raytev.index.faiss_setup import faiss
     from raytev.index.search import search
 
     faiss.omp_set_num_threads(1)
@@ -152,8 +151,9 @@ def main() -> None:
     from ray import serve
 
     from raytev.data.embeddings import load_embeddings
-    from raytev.serve.app import deploy, options_from_args, serve_config, swapped
-    from raytev.serve.front import set_front_for_local_ray
+    from raytev.serving.app import config_from_args, serve_config, swapped
+    from raytev.serving.front import set_front_for_local_ray
+    from raytev.serving.service import deploy
 
     work = Path(tempfile.mkdtemp(prefix="raytev-serve-load-"))
     if args.embeddings:
@@ -182,7 +182,7 @@ def main() -> None:
     flags = {"index": location, "port": port, "max_batch_size": args.max_batch_size, "app_name": "load"}
     if args.batch_wait_timeout_s is not None:
         flags["batch_wait_timeout_s"] = args.batch_wait_timeout_s
-    config = serve_config(options_from_args(flags))
+    config = serve_config(config_from_args(flags))
     deploy(config)
     url, info_url = f"http://127.0.0.1:{port}/search", f"http://127.0.0.1:{port}/info"
     results = []
@@ -231,7 +231,7 @@ def main() -> None:
           f"mean search time): batched {in_run['batched']:.2f} ms, unbatched {in_run['unbatched']:.2f} ms")
     settings = {"dataset": dataset, "rows": rows, "dim": dim, "k": K, "duration_s": args.duration,
                 "concurrency": levels, "max_batch_size": args.max_batch_size,
-                "batch_wait_timeout_s": options_from_args(flags)[0].batch_wait_timeout_s, "index": "Flat (exact)",
+                "batch_wait_timeout_s": config_from_args(flags).batch_wait_timeout_s, "index": "Flat (exact)",
                 "shards": 1, "query_encoder": None, "http_front": front,
                 "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "")}
     path = write_result(args.result_name, {"settings": settings, "in_process": peer, "results": results,

@@ -34,10 +34,9 @@ def scifact_triplets(group_size: int) -> list[dict]:
 
     Negatives are the ones raytev's data stage picks for the same seed, so both train on the same texts.
     """
-    from raytev.args import DataArguments, ModelArguments
-    from raytev.data.prepare import prepare_data
+    import raytev
 
-    prepared = prepare_data(DataArguments(dataset_name="scifact"), ModelArguments(model_name_or_path=MODEL))
+    prepared = raytev.prepare(dataset_name="scifact", model_name_or_path=MODEL)
     root = bundled_dataset_path("scifact")
     with gzip.open(root / "corpus.jsonl.gz", "rt") as handle:
         texts = {r["_id"]: (r["title"] + " " + r["text"]).strip() for r in map(json.loads, handle)}
@@ -54,8 +53,11 @@ def scifact_triplets(group_size: int) -> list[dict]:
 def peer_throughput(rows: list[dict], args) -> float:
     """Queries/s of SentenceTransformerTrainer with MultipleNegativesRankingLoss."""
     import datasets
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer import losses
     from transformers import TrainerCallback
 

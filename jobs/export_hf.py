@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from raytev.data.hub import HubDataset
+from raytev.data.sources import HubDataset
 from raytev.errors import RaytevError
 from raytev.staging import staged_file
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Deploy the search endpoint with Ray Serve: raytev.serve.app:build_app (ingress, query encoder on a GPU, index
+# Deploy the search endpoint with Ray Serve: raytev.serving.app:build_app (ingress, query encoder on a GPU, index
 # shard(s)), autoscaling between 1 and MAX_REPLICAS replicas per deployment.
 #   RUN=my-run CORPUS_FILE=/mnt/cluster_storage/data/msmarco/corpus.jsonl jobs/serve.sh [raytev serve flags...]
 # MODEL (default $RAYTEV_STORAGE/$RUN/model), INDEX (default $RAYTEV_STORAGE/$RUN/index), NUM_SHARDS (default 1),

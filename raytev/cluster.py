@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -17,16 +20,26 @@ TOKEN_HELP = ("set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_
               "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token (`ray get-auth-token` on the head prints it)")
 
 
-def connect(address: str | None = None) -> None:
-    """Make sure this process is connected to Ray (an existing connection is kept as it is)."""
+def connect(address: str | None = None, verbose: bool = False) -> None:
+    """Make sure this process is connected to Ray (an existing connection is kept as it is).
+
+    Unless `verbose`, Ray's own messages and the workers' output stay in Ray's log files: raytev's stages draw
+    their own progress bar and summary line on the driver.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if enable_token_auth(address):
-        # Ray caches its settings (RAY_AUTH_MODE among them) when it loads; read them again.
-        ray._raylet.Config.initialize("")
+        from raytev.compat import reload_ray_settings
+
+        reload_ray_settings()  # Ray caches its settings (RAY_AUTH_MODE among them) when it loads
+    if not verbose:
+        quiet_ray_loggers()
+        if sys.stderr.isatty():
+            native_output_to_file(Path(tempfile.gettempdir()) / "raytev-logs" / f"driver-{os.getpid()}.log")
     try:
-        ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.WARNING)
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
         if not is_client_address(address):
             raise
@@ -36,8 +49,38 @@ def connect(address: str | None = None) -> None:
                           f"{token_source() or 'none found'}.") from error
 
 
-def call_on_cluster(function, options: dict):
-    """function(**options) here, or, when this process is a Ray client, as a task on the cluster.
+def quiet_ray_loggers() -> None:
+    """Ray Data's and Ray Train's informational lines (execution plans, worker-group starts) off the driver's
+    console, and the token-authentication notice of a local cluster; warnings and errors still show."""
+    from raytev.compat import quiet_token_notice
+
+    for name in ("ray", "ray.data", "ray.train", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_token_notice()
+
+
+def native_output_to_file(path: Path) -> None:
+    """What Ray writes to this process's stderr file descriptor (its C++ core worker's "E" lines, its Python loggers'
+    handler) goes to `path`; Python code writing to sys.stderr (progress bars, raytev's messages, tracebacks) keeps
+    the terminal. Once per process."""
+    global _native_output
+    if _native_output is not None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    _native_output = path
+
+
+_native_output: Path | None = None
+
+
+def call_on_cluster(function, *args):
+    """function(*args) here, or, when this process is a Ray client, as a task on the cluster.
 
     Ray Data cannot run in a Ray client's process (ray-project/ray#48682: "'Worker' object has no attribute
     'core_worker'"), so from a client the whole call becomes a task that takes no CPU of its own (its actors and
@@ -46,8 +89,8 @@ def call_on_cluster(function, options: dict):
     from ray.util.client import ray as client
 
     if ray.is_initialized() and client.is_connected():
-        return ray.get(ray.remote(num_cpus=0)(function).remote(**options))
-    return function(**options)
+        return ray.get(ray.remote(num_cpus=0)(function).remote(*args))
+    return function(*args)
 
 
 def worker_env(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:

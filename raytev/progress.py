@@ -15,3 +15,13 @@ def progress_bar(**options) -> tqdm:
     if not sys.stderr.isatty():
         options.setdefault("mininterval", LOG_INTERVAL_SECONDS)
     return tqdm(**options)
+
+
+def report_stage(name: str, seconds: float, detail: str) -> None:
+    """The one line a finished stage of a workflow prints (stderr, beside the progress bars)."""
+    tqdm.write(f"  {name:<16} {seconds:>7.1f} s  {detail}", file=sys.stderr)
+
+
+def report_phase(name: str) -> None:
+    """A heading line before a workflow's next group of stages."""
+    tqdm.write(f"{name}:", file=sys.stderr)

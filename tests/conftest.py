@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_beir, write_tiny_tokenizer
-
-# Tests never reach the network: the hub libraries fail fast instead of waiting on timeouts.
+# Tests never reach the network: the hub libraries fail fast instead of waiting on timeouts. Set before anything
+# imports them (helpers imports transformers, which reads these once).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+from helpers import make_tiny_beir, write_tiny_tokenizer  # noqa: E402 - after the environment above
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:

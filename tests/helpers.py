@@ -97,3 +97,32 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def make_config(config_class, **flags):
+    """A stage config from flags, as the CLI and the Python API build it (required flags checked)."""
+    from raytev.config.fields import from_flags
+
+    return from_flags(config_class, flags, "test")
+
+
+def resolved(model_path, **flags):
+    """The ResolvedModel a stage would make from these model/text flags."""
+    from raytev.config.stages import PrepareConfig
+    from raytev.data.model_folder import resolve_model
+
+    config = make_config(PrepareConfig, model_name_or_path=str(model_path), **flags)
+    return resolve_model(config.model, config.text)
+
+
+def save_tiny_sentence_transformer(folder: Path, prompts: dict | None = None, max_seq_length: int = 64) -> Path:
+    """A sentence-transformers folder over the tiny BERT: mean pooling, Normalize, and the given prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    bert = save_tiny_bert(folder.parent / f"{folder.name}-bert")
+    transformer = Transformer(str(bert), max_seq_length=max_seq_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts or {},
+                        device="cpu").save(str(folder))
+    return folder

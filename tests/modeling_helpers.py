@@ -84,7 +84,7 @@ def _worker_gradients(name: str, rank: int, world_size: int, folders: dict) -> d
     from torch.nn.parallel import DistributedDataParallel
 
     from raytev.modeling.dense import DenseModel
-    from raytev.modeling.grad_cache import grad_cache_step
+    from raytev.modeling.training_step import grad_cache_step
     from raytev.modeling.training_step import passage_inputs, plain_step, query_inputs
 
     untied, dropout, how = SCENARIOS[name]

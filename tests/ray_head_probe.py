@@ -66,11 +66,12 @@ def run_api(model: str, beir: str, corpus: str, out: str) -> dict:
 
     queries = timed(raytev.encode, model_name_or_path=model, dataset_path=beir, dataset_split="train",
                     encode_is_query=True, encode_output_path=f"{out}/queries", num_actors=1)
-    info = timed(raytev.build_index, passage_reps=corpus, index_output_path=f"{out}/index")
-    ranked = timed(raytev.search, query_reps=f"{out}/queries", passage_reps=f"{out}/index", depth=5,
-                   save_ranking_to=f"{out}/run.txt")
+    built = timed(raytev.build_index, passage_reps=corpus, index_output_path=f"{out}/index")
+    searched = timed(raytev.search, query_reps=f"{out}/queries", passage_reps=f"{out}/index", depth=5,
+                     save_ranking_to=f"{out}/run.txt")
     metrics = timed(raytev.evaluate, run=f"{out}/run.txt", qrels=f"{beir}/qrels/train.tsv")
-    return {"query_rows": queries.rows, "index": [info.spec, info.ntotal], "ranked": ranked, "metrics": metrics}
+    return {"query_rows": queries.rows, "index": [built.info.spec, built.info.ntotal], "ranked": searched.rankings,
+            "metrics": metrics}
 
 
 def job(arguments: dict) -> dict:

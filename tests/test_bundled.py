@@ -7,9 +7,11 @@ import hashlib
 
 import pytest
 
-from raytev.args import DataArguments, ModelArguments
+from helpers import make_config
+
+from raytev.config.stages import PrepareConfig
 from raytev.bundled import bundled_dataset_names, bundled_dataset_path, bundled_minilm_path, resolve_model_path
-from raytev.data.prepare import prepare_data
+from raytev.data.prepare import prepare
 
 SCIFACT_CORPUS_SHA256 = "dec31c8182f3d744c7d2c09423756fd1d17cbef75808db13ba01cc0aab4d1ac6"
 
@@ -33,13 +35,13 @@ def test_minilm_name_resolves_to_the_offline_copy():
 
 @pytest.mark.slow
 def test_scifact_train_prepares_with_the_published_counts():
-    data = DataArguments(dataset_name="scifact", dataset_split="train")
-    model = ModelArguments(model_name_or_path="sentence-transformers/all-MiniLM-L6-v2")
-    first = prepare_data(data, model)
+    config = make_config(PrepareConfig, dataset_name="scifact", dataset_split="train",
+                         model_name_or_path="sentence-transformers/all-MiniLM-L6-v2")
+    first = prepare(config)
     assert first.corpus.rows == 5183
     assert first.queries.rows == 809 and first.queries.manifest["positives"] == 919
     # A sentence-transformers model's own max_seq_length (256) is the default length, as MTEB encodes.
     settings = first.queries.manifest["settings"]
     assert (settings["query_max_len"], settings["passage_max_len"]) == (256, 256)
-    second = prepare_data(data, model)
+    second = prepare(config)
     assert second.all_reused and second.seconds * 10 < first.seconds

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from raytev.args import DataArguments, ModelArguments
 from raytev.cli import main
+from raytev.config.flags import parse_flags
+from raytev.config.stages import PrepareConfig, ValidateConfig
 from raytev.errors import RaytevError
-from raytev.flags import parse_options
 from helpers import group, passage, write_jsonl
 
 
@@ -24,7 +24,7 @@ def test_help_lists_the_commands(capsys):
 
 
 def test_the_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "raytev", "data", "prepare", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "raytev", "train", "--help"], capture_output=True,
                             text=True, check=True)
     assert "--dataset_cache_dir" in result.stdout and "--train_n_passages" in result.stdout
 
@@ -35,33 +35,40 @@ def test_unknown_command_is_a_usage_error(capsys):
 
 
 def test_flags_use_tevatron_names_and_v1_aliases():
-    data, model = parse_options((DataArguments, ModelArguments), [
+    from raytev.config.stages import TrainConfig
+
+    config = parse_flags(TrainConfig, [
         "--train_n_passages", "4", "--q_max_len", "16", "--p_max_len", "64", "--train_dir", "/data",
         "--split", "dev", "--negative_passage_no_shuffle", "--positive_passage_no_shuffle", "false",
-        "--model_name_or_path", "m"], "raytev x", "")
-    assert (data.train_group_size, data.query_max_len, data.passage_max_len) == (4, 16, 64)
+        "--model_name_or_path", "m", "--output_dir", "out"], "raytev x")
+    data, text, training = config.data, config.text, config.training
+    assert (training.train_group_size, text.query_max_len, text.passage_max_len) == (4, 16, 64)
     assert (data.dataset_path, data.dataset_split) == ("/data", "dev")
-    assert data.negative_passage_no_shuffle is True and data.positive_passage_no_shuffle is False
-    assert model.model_name_or_path == "m" and data.num_proc is None
+    assert training.negative_passage_no_shuffle is True and training.positive_passage_no_shuffle is False
+    assert config.model.model_name_or_path == "m" and data.num_proc is None
 
 
 def test_bad_flag_values_are_rejected():
+    from raytev.config.stages import TrainConfig
+
+    required = ["--model_name_or_path", "m", "--output_dir", "out"]
     with pytest.raises(SystemExit):
-        parse_options((DataArguments,), ["--padding_side", "middle"], "raytev x", "")
+        parse_flags(TrainConfig, [*required, "--padding_side", "middle"], "raytev x")
     with pytest.raises(SystemExit):
-        parse_options((DataArguments,), ["--encode_is_query", "maybe"], "raytev x", "")
+        parse_flags(ValidateConfig, ["--encode_is_query", "maybe"], "raytev x")
     with pytest.raises(RaytevError, match="--train_group_size must be at least 1"):
-        parse_options((DataArguments,), ["--train_group_size", "0"], "raytev x", "")
+        parse_flags(TrainConfig, [*required, "--train_group_size", "0"], "raytev x")
 
 
 def test_a_json_file_of_the_same_keys_is_accepted(tmp_path):
     config = tmp_path / "options.json"
     config.write_text(json.dumps({"dataset_name": "scifact", "query_max_len": 20, "model_name_or_path": "m"}))
-    data, model = parse_options((DataArguments, ModelArguments), [str(config)], "raytev x", "")
-    assert (data.dataset_name, data.query_max_len, model.model_name_or_path) == ("scifact", 20, "m")
+    prepared = parse_flags(PrepareConfig, [str(config)], "raytev x")
+    assert (prepared.data.dataset_name, prepared.text.query_max_len, prepared.model.model_name_or_path) == (
+        "scifact", 20, "m")
     config.write_text(json.dumps({"dataset_nam": "scifact"}))
     with pytest.raises(RaytevError, match=r"unknown keys \['dataset_nam'\]"):
-        parse_options((DataArguments,), [str(config)], "raytev x", "")
+        parse_flags(ValidateConfig, [str(config)], "raytev x")
 
 
 def test_prepare_prints_counts_and_the_cache_path(tmp_path, tiny_tokenizer_dir, capsys, isolated_cache):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib.util
 import os
 import re
@@ -15,12 +14,25 @@ import pytest
 import yaml
 
 from raytev.cli import find_command
-from raytev.cluster_configs import (check_file, check_kuberay_manifest, check_launcher_config, load_documents, main,
-                                    validate_files)
+from raytev.config.fields import to_flags
+from raytev.config.flags import parse_flags
 from raytev.errors import RaytevError
-from raytev.flags import parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_checker():
+    """clusters/check.py, the offline checker of cluster files (a script beside them, not in the package)."""
+    spec = importlib.util.spec_from_file_location("cluster_check", ROOT / "clusters" / "check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_checker = load_checker()
+check_file, check_kuberay_manifest, check_launcher_config = (_checker.check_file, _checker.check_kuberay_manifest,
+                                                             _checker.check_launcher_config)
+load_documents, main, validate_files = _checker.load_documents, _checker.main, _checker.validate_files
 LAUNCHER_FILES = sorted((ROOT / "clusters").glob("*.yaml"))
 KUBERAY_FILES = sorted((ROOT / "clusters" / "kuberay").glob("*.yaml"))
 RECIPES = sorted(path for path in (ROOT / "jobs").glob("*.sh") if path.name != "common.sh")
@@ -45,8 +57,9 @@ def ray_prepare_and_validate(config: dict) -> None:
     prepare_config only reads the provider's defaults.yaml shipped with Ray; the provider bootstrap that follows
     in `ray up` (boto3 / googleapiclient, credentials, IAM roles, key pairs) needs the cloud and is not run.
     """
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from raytev.compat import launcher_config_checks
 
+    prepare_config, validate_config = launcher_config_checks()
     validate_config(prepare_config(copy.deepcopy(config)))
 
 
@@ -197,7 +210,7 @@ def test_kuberay_manifests_have_what_kuberay_needs(path):
 
 def test_the_rayservice_runs_raytevs_serve_app():
     config = yaml.safe_load(kuberay("RayService")["spec"]["serveConfigV2"])
-    assert [app["import_path"] for app in config["applications"]] == ["raytev.serve.app:build_app"]
+    assert [app["import_path"] for app in config["applications"]] == ["raytev.serving.app:build_app"]
 
 
 def worker_group(manifest):
@@ -298,11 +311,9 @@ def submitted(call: list[str]) -> list[str]:
 def parse_raytev(words: list[str]) -> tuple[str, dict]:
     """`python -m raytev <command> <flags>` parsed by raytev's own command table and flag parser."""
     assert words[:3] == ["python", "-m", "raytev"], words
-    command, rest = find_command(words[3:])
-    assert command is not None, words
-    options = parse_options(command.options, rest, "raytev", command.help)
-    values = {key: value for option in options for key, value in dataclasses.asdict(option).items()}
-    return " ".join(command.words), values
+    stage, rest = find_command(words[3:])
+    assert stage is not None, words
+    return stage.command, to_flags(parse_flags(stage.config, rest, "raytev"))
 
 
 def export_helper():
@@ -433,14 +444,14 @@ def test_the_serve_recipe_configures_an_autoscaling_gpu_service(tmp_path):
 
 
 def test_the_rayservice_args_are_ones_the_app_builder_takes():
-    from raytev.serve.app import options_from_args
+    from raytev.serving.app import config_from_args
 
     args = yaml.safe_load(kuberay("RayService")["spec"]["serveConfigV2"])["applications"][0]["args"]
-    serve, model, precision, cluster = options_from_args(args)
-    assert (serve.num_shards, serve.max_replicas, cluster.use_gpu, precision.bf16) == (1, 4, True, True)
-    assert model.model_name_or_path.startswith(f"{SHARED}/")
+    config = config_from_args(args)
+    assert (config.num_shards, config.max_replicas, config.cluster.use_gpu, config.precision.bf16) == (1, 4, True, True)
+    assert config.model.model_name_or_path.startswith(f"{SHARED}/")
     with pytest.raises(RaytevError, match="unknown keys"):
-        options_from_args({**args, "num_shard": 2})
+        config_from_args({**args, "num_shard": 2})
 
 
 def test_the_export_helper_writes_qrels_and_keeps_existing_files(tmp_path, capsys):

@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import group, make_config, passage, write_jsonl, write_tiny_tokenizer
 from transformers import AutoTokenizer
 
-from raytev.args import DataArguments, ModelArguments
-from raytev.data.hub import HubDataset
-from raytev.data.prepare import prepare_data, validate_data
-from raytev.data.sources import resolve_source
+from raytev.config.sections import DataSection
+from raytev.config.stages import PrepareConfig
+from raytev.data.prepare import prepare as prepare_stage
+from raytev.data.prepare import validate_data
+from raytev.data.sources import HubDataset, resolve_source
 from raytev.errors import DataError, RaytevError
-from helpers import group, passage, write_jsonl, write_tiny_tokenizer
 
 
-def prepare(tokenizer_dir, **data):
-    return prepare_data(DataArguments(**data), ModelArguments(model_name_or_path=str(tokenizer_dir)))
+def prepare(tokenizer_dir, **flags):
+    return prepare_stage(make_config(PrepareConfig, model_name_or_path=str(tokenizer_dir), **flags))
 
 
 @pytest.fixture
@@ -32,31 +33,31 @@ def train_jsonl(tmp_path):
 # --- sources -------------------------------------------------------------------------------------------------
 
 def test_sources_resolve_bundled_beir_files_and_folders(tmp_path, tiny_beir, train_jsonl):
-    bundled = resolve_source(DataArguments(dataset_name="scifact", dataset_split="test"))
+    bundled = resolve_source(DataSection(dataset_name="scifact", dataset_split="test"))
     assert bundled.qrels.name == "test.tsv" and bundled.corpus.paths[0].name == "corpus.jsonl.gz"
-    assert resolve_source(DataArguments(dataset_path=str(tiny_beir))).qrels == tiny_beir / "qrels" / "train.tsv"
-    assert resolve_source(DataArguments(dataset_path=str(train_jsonl))).queries.kind == "groups"
-    assert resolve_source(DataArguments(dataset_path=str(tmp_path), dataset_name="json")).queries.paths == (
+    assert resolve_source(DataSection(dataset_path=str(tiny_beir))).qrels == tiny_beir / "qrels" / "train.tsv"
+    assert resolve_source(DataSection(dataset_path=str(train_jsonl))).queries.kind == "groups"
+    assert resolve_source(DataSection(dataset_path=str(tmp_path), dataset_name="json")).queries.paths == (
         train_jsonl,)  # a folder of JSONL files, as Tevatron v1's --train_dir
     corpus = write_jsonl(tmp_path / "c" / "corpus.jsonl", [{"_id": "d", "text": "x"}])
-    assert resolve_source(DataArguments(dataset_path=str(corpus))).corpus is not None
-    assert resolve_source(DataArguments(dataset_path=str(corpus), encode_is_query=True)).queries.kind == "queries"
+    assert resolve_source(DataSection(dataset_path=str(corpus))).corpus is not None
+    assert resolve_source(DataSection(dataset_path=str(corpus), encode_is_query=True)).queries.kind == "queries"
     tsv = tmp_path / "queries.tsv"
     tsv.write_text("1\twhat\n")
-    assert resolve_source(DataArguments(dataset_path=str(tsv), encode_is_query=True)).queries.kind == "queries"
+    assert resolve_source(DataSection(dataset_path=str(tsv), encode_is_query=True)).queries.kind == "queries"
 
 
 def test_unknown_split_lists_the_available_ones(tiny_beir):
     with pytest.raises(RaytevError, match="no split 'dev'.*choose --dataset_split from test, train"):
-        resolve_source(DataArguments(dataset_path=str(tiny_beir), dataset_split="dev"))
+        resolve_source(DataSection(dataset_path=str(tiny_beir), dataset_split="dev"))
 
 
 def test_no_data_and_unrecognizable_files_are_explained(tmp_path):
     with pytest.raises(RaytevError, match="no data given.*scifact"):
-        resolve_source(DataArguments())
+        resolve_source(DataSection())
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"foo": 1}])
     with pytest.raises(RaytevError, match=r"odd\.jsonl:1: cannot tell what this file holds"):
-        resolve_source(DataArguments(dataset_path=str(odd)))
+        resolve_source(DataSection(dataset_path=str(odd)))
 
 
 def test_hub_names_parse_like_tevatron():
@@ -69,7 +70,7 @@ def test_hub_names_parse_like_tevatron():
 def test_hub_datasets_offline_say_to_pass_local_files():
     assert os.environ["HF_DATASETS_OFFLINE"] == "1"
     with pytest.raises(RaytevError, match="(?s)Tevatron/scifact/train.*--dataset_path.*--dataset_name scifact"):
-        resolve_source(DataArguments(dataset_name="Tevatron/scifact"))
+        resolve_source(DataSection(dataset_name="Tevatron/scifact"))
 
 
 # --- token tables ---------------------------------------------------------------------------------------------
@@ -251,15 +252,15 @@ def test_unknown_run_docids_are_located(tiny_tokenizer_dir, tiny_beir, tmp_path)
 
 
 def test_missing_tokenizer_is_explained(tiny_beir):
-    with pytest.raises(RaytevError, match="pass --model_name_or_path"):
-        prepare_data(DataArguments(dataset_path=str(tiny_beir)), ModelArguments())
+    with pytest.raises(RaytevError, match="missing required flag:\n  --model_name_or_path"):
+        make_config(PrepareConfig, dataset_path=str(tiny_beir))
     with pytest.raises(RaytevError, match="(?s)could not be fetched.*Offline, pass a local model folder"):
-        prepare_data(DataArguments(dataset_path=str(tiny_beir)), ModelArguments(model_name_or_path="org/unknown"))
+        prepare_stage(make_config(PrepareConfig, dataset_path=str(tiny_beir), model_name_or_path="org/unknown"))
 
 
 # --- validate ------------------------------------------------------------------------------------------------
 
 def test_validate_counts_without_writing(tiny_beir, isolated_cache):
-    report = validate_data(DataArguments(dataset_path=str(tiny_beir), num_negatives=3))
+    report = validate_data(DataSection(dataset_path=str(tiny_beir), num_negatives=3))
     assert (report.passages, report.queries, report.positives, report.negatives) == (12, 2, 3, 6)
     assert not isolated_cache.exists()

@@ -9,7 +9,8 @@ import pytest
 from raytev.data.formats import (Passage, parse_corpus_record, parse_query_record, parse_training_group,
                                  passage_text)
 from raytev.data.lines import iter_json_records, iter_lines, iter_tsv_rows
-from raytev.data.relevance import read_qrels, read_run
+from raytev.data.qrels import read_qrels
+from raytev.data.runs import read_run
 from raytev.errors import DataError, ProblemLog
 from helpers import group, passage, write_jsonl
 

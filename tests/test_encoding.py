@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import save_tiny_bert, write_jsonl
+from helpers import make_config, resolved, save_tiny_bert, save_tiny_sentence_transformer, write_jsonl
 
-from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, ModelArguments, PrecisionArguments,
-                         RayArguments)
+from raytev.config.sections import DataSection
+from raytev.config.stages import EncodeConfig
 from raytev.data.embeddings import EmbeddingsWriter, load_embeddings, read_manifest, read_tevatron_pickle
 from raytev.data.prepare import prepare_data
 from raytev.encoding.encoder import encode, shard_ranges
@@ -28,19 +28,16 @@ def corpus(tmp_path):
     return {"model": str(model), "corpus": str(path), "queries": str(queries), "out": tmp_path / "emb"}
 
 
-def run_encode(corpus, **options):
-    data = DataArguments(dataset_path=options.pop("dataset_path", corpus["corpus"]),
-                         encode_is_query=options.pop("encode_is_query", False))
-    runner = EncoderArguments(rows_per_shard=10, num_actors=2, per_device_eval_batch_size=4)
-    return encode(data, ModelArguments(model_name_or_path=corpus["model"]),
-                  EncodeArguments(encode_output_path=str(corpus["out"]), **options), runner, PrecisionArguments(),
-                  RayArguments())
+def run_encode(corpus, **flags):
+    flags = {"dataset_path": corpus["corpus"], "num_actors": 2, **flags}
+    return encode(make_config(EncodeConfig, model_name_or_path=corpus["model"], encode_output_path=str(corpus["out"]),
+                              rows_per_shard=10, per_device_eval_batch_size=4, **flags))
 
 
 def reference_vectors(corpus, is_query=False):
     """The same texts encoded in this process, one batch each, as the truth."""
-    data = DataArguments(dataset_path=corpus["queries" if is_query else "corpus"], encode_is_query=is_query)
-    prepared = prepare_data(data, ModelArguments(model_name_or_path=corpus["model"]))
+    data = DataSection(dataset_path=corpus["queries" if is_query else "corpus"], encode_is_query=is_query)
+    prepared = prepare_data(data, resolved(corpus["model"]))
     table = (prepared.queries if is_query else prepared.corpus).read()
     model = DenseModel.from_pretrained(corpus["model"]).eval()
     vectors = []
@@ -68,6 +65,15 @@ def test_actor_pool_vectors_equal_one_by_one_encoding(ray_session, corpus):
     np.testing.assert_allclose(vectors, expected, atol=1e-5)  # padding and length sorting change nothing
     manifest = read_manifest(corpus["out"])
     assert manifest.complete and manifest.count == 40 and manifest.kind == "passages"
+
+
+def test_encoding_in_this_process_gives_the_actor_pools_vectors(corpus):
+    result = run_encode(corpus, num_actors=0)  # no Ray at all
+    assert (result.rows, result.shards) == (40, 4)
+    ids, vectors = load_embeddings(str(corpus["out"]))
+    expected_ids, expected = reference_vectors(corpus)
+    assert ids.tolist() == expected_ids
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 
 def test_an_interrupted_encoding_resumes_without_redoing_or_duplicating(ray_session, corpus, monkeypatch):
@@ -113,3 +119,33 @@ def test_a_slice_of_the_input_queries_and_pickles(ray_session, corpus, tmp_path)
 def test_encoding_the_wrong_side_is_explained(ray_session, corpus):
     with pytest.raises(RaytevError, match="holds no queries to encode"):
         run_encode(corpus, encode_is_query=True)
+
+
+def test_a_sentence_transformers_models_prompts_are_applied_as_sentence_transformers_applies_them(
+        ray_session, corpus, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    prompts = {"query": "query: ", "document": "passage: "}
+    folder = save_tiny_sentence_transformer(tmp_path / "st", prompts)
+    texts = {}
+    for kind, path in (("queries", corpus["queries"]), ("passages", corpus["corpus"])):
+        out = tmp_path / kind
+        encode(make_config(EncodeConfig, dataset_path=path, encode_is_query=kind == "queries",
+                           model_name_or_path=str(folder), encode_output_path=str(out), num_actors=1))
+        texts[kind] = load_embeddings(str(out))[1]
+    model = SentenceTransformer(str(folder), device="cpu")
+    queries = ["what is a dog"] * 5
+    passages = [f"t {'a small cat ' * (1 + i % 7)}".strip() for i in range(40)]
+    expected = {"queries": model.encode_query(queries), "passages": model.encode_document(passages)}
+    for kind in ("queries", "passages"):
+        cosines = np.sum(texts[kind] * expected[kind], axis=1) / (
+            np.linalg.norm(texts[kind], axis=1) * np.linalg.norm(expected[kind], axis=1))
+        assert cosines.min() >= 0.9999, (kind, cosines.min())
+    # Without its prompt the same model gives other vectors: the prompt is what made them equal.
+    unprompted = model.encode(queries)
+    assert np.min(np.sum(unprompted * texts["queries"], axis=1)) < 0.999
+    # An explicit flag wins over the model's own prompt, even an empty one (in-process: no actors to start).
+    out = tmp_path / "flagged"
+    encode(make_config(EncodeConfig, dataset_path=corpus["queries"], encode_is_query=True, query_prefix="",
+                       model_name_or_path=str(folder), encode_output_path=str(out), num_actors=0))
+    np.testing.assert_allclose(load_embeddings(str(out))[1], unprompted, atol=1e-5)

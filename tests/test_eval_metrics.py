@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from raytev.data.relevance import Judgement, read_qrels, read_run
+from raytev.data.qrels import Judgement, read_qrels
+from raytev.data.runs import read_run
 from raytev.errors import DataError, ProblemLog, RaytevError
 from raytev.eval.metrics import DEFAULT_METRICS, evaluate_run, parse_metrics
 

@@ -8,11 +8,11 @@ import unicodedata
 
 import pytest
 
-from raytev.args import EvalArguments
+from raytev.config.stages import EvalConfig
 from raytev.errors import RaytevError
 from raytev.eval.files import evaluate_files
 from raytev.eval.qa import answer_matcher, has_answer, qa_top_k_accuracy
-from raytev.eval.simple_tokenizer import simple_tokens
+from raytev.eval.qa import simple_tokens
 
 
 # --- the tokenizer ----------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def write_qa_files(tmp_path, corpus_lines):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", corpus_lines)
     run = tmp_path / "run.txt"
     run.write_text("q1\tp1\t0.9\nq1\tp2\t0.8\nq2\tp3\t0.5\n")
-    return EvalArguments(run=str(run), qa_answers=str(questions), qa_corpus=str(corpus), top_k="1,2")
+    return EvalConfig(run=str(run), qa_answers=str(questions), qa_corpus=str(corpus), top_k="1,2")
 
 
 def test_qa_accuracy_from_files(tmp_path):

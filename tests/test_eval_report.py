@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from raytev.eval.evaluation import Evaluation
-from raytev.eval.report import format_json, format_table
+from raytev.eval.metrics import Evaluation
+from raytev.eval.metrics import format_json, format_table
 
 
 def test_table_is_aligned_with_four_decimals():

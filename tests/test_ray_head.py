@@ -284,7 +284,7 @@ def job_output(ray_head, tmp_path_factory):
 
 def run_file(path: Path) -> dict:
     """{qid: [(docid, score)]} of a run file."""
-    from raytev.data.relevance import read_run
+    from raytev.data.runs import read_run
     from raytev.errors import ProblemLog
 
     problems = ProblemLog()

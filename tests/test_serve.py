@@ -12,16 +12,17 @@ import ray
 import requests
 from helpers import free_port, save_tiny_bert, write_jsonl
 
-from raytev.args import DataArguments, ModelArguments
+from raytev.config.sections import DataSection, ModelSection
 from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+from raytev.data.model_folder import resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.encoding.batch_encoder import BatchEncoder
-from raytev.encoding.encoder import model_options
 from raytev.index.build import build_index
 from raytev.index.search import search
 from raytev.index.storage import save_index
-from raytev.serve import SearchClient, SearchError
-from raytev.serve.app import deploy, options_from_args, serve_config, swapped
+from raytev.serving import SearchClient, SearchError
+from raytev.serving.app import config_from_args, serve_config, swapped
+from raytev.serving.service import deploy
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +33,13 @@ QUERIES = ["what is a cat", "small dog barks", "the animal", "a dog and a cat"]
 
 def encode_path(model: str, path, cache, is_query: bool) -> tuple[list[str], np.ndarray]:
     """ids and vectors as `raytev encode` makes them: its tokenization (token cache) and its BatchEncoder."""
-    prepared = prepare_data(DataArguments(dataset_path=str(path), encode_is_query=is_query,
-                                          dataset_cache_dir=str(cache)), ModelArguments(model_name_or_path=model))
+    resolved = resolve_model(ModelSection(model_name_or_path=model))
+    prepared = prepare_data(DataSection(dataset_path=str(path), encode_is_query=is_query, dataset_cache_dir=str(cache)),
+                            resolved)
     table = prepared.queries if is_query else prepared.corpus
     column = "query_id" if is_query else "docid"
     rows = table.read(["row", column, "input_ids"])
-    encoder = BatchEncoder(model, model_options(ModelArguments(model_name_or_path=model)), is_query, column, 32,
-                           table.manifest["settings"]["pad_token_id"])
+    encoder = BatchEncoder(resolved, is_query, column, 32, table.manifest["settings"]["pad_token_id"])
     out = encoder({"row": rows.column("row").to_numpy(), column: rows.column(column).to_numpy(zero_copy_only=False),
                    "input_ids": rows.column("input_ids").to_pylist()})
     return [str(i) for i in out["id"]], out["embedding"]
@@ -72,7 +73,7 @@ def service(ray_session, tmp_path_factory):
     queries = write_jsonl(root / "queries.jsonl", [{"query_id": f"q{i}", "query": q} for i, q in enumerate(QUERIES)])
     _, query_vectors = encode_path(model, queries, root / "cache", is_query=True)
     port = free_port()
-    config = serve_config(options_from_args({
+    config = serve_config(config_from_args({
         "index": first["index"], "num_shards": 2, "model_name_or_path": model, "corpus": first["corpus"],
         "app_name": "search", "route_prefix": "/search-app", "port": port, "auth_token": TOKEN, "max_batch_size": 8}))
     started = time.perf_counter()

@@ -1,27 +1,30 @@
-"""The serving pieces without Ray: request checks, the HTTP layer, shard parts and their merge, swap bookkeeping."""
+"""The serving pieces without Ray: request checks, the HTTP layer, shard parts and their merge, swap bookkeeping,
+the swappable flags of each deployment, and the query model a user_config loads."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from raytev.args import ServeArguments
+from raytev.config.fields import flag_fields, flag_type, to_flags
+from raytev.config.stages import ServeConfig
 from raytev.errors import RaytevError
 from raytev.index.build import build_index
 from raytev.index.search import search
 from raytev.index.storage import save_index
-from raytev.serve.app import application_config, options_from_args, serve_config, swapped, user_configs
-from raytev.serve.http import make_api, token_digest
-from raytev.serve.merge import merge_shard_hits
-from raytev.serve.parts import check_index, load_part, row_range
-from raytev.serve.passages import read_passages
-from raytev.serve.plan import SwapInProgress, choose_plan
-from raytev.serve.swap import Versions
-from raytev.serve.validation import Limits, RequestError, check_dimension, parse_search_request
-from helpers import write_jsonl
+from raytev.serving.agreed_versions import SwapInProgress, choose_versions
+from raytev.serving.app import (DEPLOYMENT_SWAPS, SWAPPABLE, application_config, config_from_args, serve_config,
+                                swapped, user_configs)
+from raytev.serving.http import make_api, token_digest
+from raytev.serving.ingress import corpus_texts
+from raytev.serving.parts import check_index, load_part, merge_shard_hits, row_range
+from raytev.serving.replica import BatchRunner, Versions
+from raytev.serving.validation import Limits, RequestError, check_dimension, parse_search_request
+from helpers import save_tiny_bert, write_jsonl
 from test_index_build import write_embeddings
 
 LIMITS = Limits(max_queries=4, max_k=50, max_body_bytes=2000)
@@ -121,24 +124,24 @@ def test_ann_indexes_are_not_cut_by_rows(tmp_path):
         check_index(str(tmp_path / "empty"), 1)
 
 
-def test_a_plan_never_mixes_versions():
+def test_agreed_versions_never_mix_versions():
     def view(*entries):
         return {"held": [{"key": key, "model": model, "dim": 4, "ntotal": 10, "spec": "Flat", "index": key,
                           "index_model": "", "shard": 0, "rows": [0, 10]} for key, model in entries]}
 
     # Shard 0 switched to B, shard 1 not yet: A is the newest version both hold.
-    plan = choose_plan([view(("B", "m"), ("A", "m")), view(("A", "m"))], None)
-    assert (plan.index_key, plan.ntotal, plan.model_key) == ("A", 20, None)
-    plan = choose_plan([view(("B", "m"), ("A", "m")), view(("B", "m"), ("A", "m"))], None)
-    assert plan.index_key == "B"
+    agreed = choose_versions([view(("B", "m"), ("A", "m")), view(("A", "m"))], None)
+    assert (agreed.index_key, agreed.ntotal, agreed.model_key) == ("A", 20, None)
+    agreed = choose_versions([view(("B", "m"), ("A", "m")), view(("B", "m"), ("A", "m"))], None)
+    assert agreed.index_key == "B"
     # Index B was built with model m2, which the encoder has not loaded yet: stay on A with m1.
     encoder = {"held": [{"key": "k1", "model": "m1", "dim": 4}]}
-    plan = choose_plan([view(("B", "m2"), ("A", "m1"))], encoder)
-    assert (plan.index_key, plan.model_key, plan.model) == ("A", "k1", "m1")
+    agreed = choose_versions([view(("B", "m2"), ("A", "m1"))], encoder)
+    assert (agreed.index_key, agreed.model_key, agreed.model) == ("A", "k1", "m1")
     encoder = {"held": [{"key": "k2", "model": "m2", "dim": 4}, {"key": "k1", "model": "m1", "dim": 4}]}
-    assert choose_plan([view(("B", "m2"), ("A", "m1"))], encoder).model_key == "k2"
+    assert choose_versions([view(("B", "m2"), ("A", "m1"))], encoder).model_key == "k2"
     with pytest.raises(SwapInProgress):
-        choose_plan([view(("C", "m")), view(("A", "m"))], None)
+        choose_versions([view(("C", "m")), view(("A", "m"))], None)
 
 
 def test_versions_keep_the_current_and_the_previous():
@@ -219,8 +222,8 @@ def test_the_http_layer_checks_token_size_and_input_before_searching():
 def test_configs_carry_no_token_and_swaps_change_only_user_configs(tmp_path, monkeypatch):
     monkeypatch.delenv("RAYTEV_AUTH_TOKEN", raising=False)
     index = write_embeddings(tmp_path / "emb", np.ones((4, 2), dtype=np.float32), [4])
-    options = options_from_args({"index": index, "num_shards": 2, "auth_token": "s3cret",
-                                 "model_name_or_path": "some/model", "port": 8123})
+    options = config_from_args({"index": index, "num_shards": 2, "auth_token": "s3cret",
+                                "model_name_or_path": "some/model", "port": 8123})
     config = serve_config(options)
     assert "s3cret" not in json.dumps(config) and config["http_options"] == {"host": "127.0.0.1", "port": 8123}
     args = config["applications"][0]["args"]
@@ -236,19 +239,91 @@ def test_configs_carry_no_token_and_swaps_change_only_user_configs(tmp_path, mon
     assert user["Ingress"]["corpus"] == "scifact" and user["QueryEncoder"]["model_name_or_path"] == "some/model"
     with pytest.raises(RaytevError, match="cannot hot swap num_shards"):
         swapped(config, "raytev", num_shards=3)
-    plain = application_config(options_from_args({"index": index}))
-    assert set(user_configs(options_from_args(plain["args"]))) == {"IndexShard0", "Ingress"}
+    plain = application_config(config_from_args({"index": index}))
+    assert set(user_configs(config_from_args(plain["args"]))) == {"IndexShard0", "Ingress"}
     with pytest.raises(RaytevError, match="--max_k must be at least 1"):
-        ServeArguments(max_k=0)
+        ServeConfig(index=index, max_k=0)
+
+
+def another_value(path: tuple[str, ...], field, value):
+    """A valid value of a ServeConfig flag other than `value`."""
+    if field.metadata["choices"]:
+        return next(choice for choice in field.metadata["choices"] if choice != value)
+    owner = ServeConfig
+    for name in path:
+        owner = next(member for member in dataclasses.fields(owner) if member.name == name).metadata["section"]
+    kind = flag_type(owner, field)[0]
+    return {bool: lambda: not value, int: lambda: (value or 1) + 1, float: lambda: (value or 0) + 0.5,
+            str: lambda: (value or "") + "x"}[kind]()
+
+
+def test_every_swappable_flag_reaches_a_user_config_and_swappable_is_what_the_metadata_says():
+    flags = flag_fields(ServeConfig)
+    assert SWAPPABLE == {name for name, (_, field) in flags.items() if field.metadata["swap"] is not None}
+    kinds = {field.metadata["swap"] for _, field in flags.values()} - {None}
+    assert kinds <= {kind for swaps in DEPLOYMENT_SWAPS.values() for kind in swaps}  # no kind goes nowhere
+    values = {"index": "i", "num_shards": 2, "model_name_or_path": "m"}
+    config = serve_config(config_from_args(values))
+    user = user_configs(config_from_args(values))
+    assert set(user) == {"IndexShard0", "IndexShard1", "QueryEncoder", "Ingress"}
+    assert set().union(*user.values()) == SWAPPABLE  # nothing swappable left out, nothing else in a user_config
+    for name in sorted(SWAPPABLE):  # and a swap of each one reaches a deployment
+        path, field = flags[name]
+        new = another_value(path, field, to_flags(config_from_args(values))[name])
+        deployments = swapped(config, "raytev", **{name: new})["applications"][0]["deployments"]
+        assert any(entry["user_config"].get(name) == new for entry in deployments), name
+
+
+def sentence_transformers_folder(folder):
+    """A tiny BERT saved as a sentence-transformers model (mean pooling) with its own query and document prompts."""
+    save_tiny_bert(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                  "pooling_mode_mean_tokens": True}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": None}))
+    return folder
+
+
+def test_a_served_text_query_is_encoded_with_the_models_own_query_prompt(tmp_path):
+    from raytev.config.sections import ModelSection
+    from raytev.data.model_folder import resolve_model
+    from raytev.data.tokenize import pad_token_id
+    from raytev.encoding.batch_encoder import BatchEncoder
+    from raytev.serving.encoder import load_query_model
+
+    folder = sentence_transformers_folder(tmp_path / "st-model")
+    user_config = user_configs(config_from_args({"index": "i", "model_name_or_path": str(folder)}))["QueryEncoder"]
+    served = load_query_model(user_config)
+    texts = ["what is a cat", "small dog barks"]
+    assert served.tokenize.prefix == "query: " and served.dim == 32
+
+    # What `raytev encode --encode_is_query` runs: its BatchEncoder on the prompt-prefixed tokens.
+    model = resolve_model(ModelSection(model_name_or_path=str(folder)))
+    tokenizer = model.load_tokenizer()
+    encoder = BatchEncoder(model, True, "id", 32, pad_token_id(tokenizer))
+
+    def batch_path(prefix: str):
+        tokens = tokenizer([prefix + text for text in texts], truncation=True, max_length=model.query_max_len)
+        return encoder({"row": np.arange(2), "id": np.arange(2), "input_ids": tokens["input_ids"]})["embedding"]
+
+    vectors = served.encode(texts)
+    np.testing.assert_allclose(vectors, batch_path("query: "), rtol=0, atol=1e-6)
+    assert not np.allclose(vectors, batch_path(""), atol=1e-4)  # the prompt changes the vectors
+    # A flag still wins over the model's own prompt.
+    assert load_query_model({**user_config, "query_prefix": ""}).tokenize.prefix == ""
 
 
 def test_corpus_texts_come_from_raytev_readers(tmp_path):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": "d1", "title": "T", "text": "a cat"},
                                                      {"_id": "d2", "text": "a dog"}])
-    assert read_passages(str(corpus)) == {"d1": ("T", "a cat"), "d2": ("", "a dog")}
-    assert len(read_passages("scifact")) == 5183
+    assert corpus_texts(str(corpus)) == {"d1": ("T", "a cat"), "d2": ("", "a dog")}
+    assert len(corpus_texts("scifact")) == 5183
     with pytest.raises(RaytevError, match="file not found"):
-        read_passages(str(tmp_path / "missing.jsonl"))
+        corpus_texts(str(tmp_path / "missing.jsonl"))
 
 
 def test_the_serve_config_yaml_is_a_valid_config_of_the_builder():
@@ -257,20 +332,18 @@ def test_the_serve_config_yaml_is_a_valid_config_of_the_builder():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from raytev.serve.app import build_app
+    from raytev.serving.app import build_app
 
     config = yaml.safe_load((Path(__file__).parent.parent / "jobs" / "serve_config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)
     app = schema.applications[0]
-    assert app.import_path == "raytev.serve.app:build_app" and schema.http_options.host == "127.0.0.1"
-    options = options_from_args(app.args)
-    assert options[0].corpus == "scifact" and options[1].model_name_or_path == "out/demo/fine-tuned/model"
+    assert app.import_path == "raytev.serving.app:build_app" and schema.http_options.host == "127.0.0.1"
+    options = config_from_args(app.args)
+    assert options.corpus == "scifact" and options.model.model_name_or_path == "out/demo/fine-tuned/model"
     assert type(build_app(app.args)).__name__ == "Application"  # builds without Ray; replicas load by path
 
 
 def test_the_batch_runner_takes_everything_that_queued_meanwhile():
-    from raytev.serve.batching import BatchRunner
-
     seen = []
 
     async def run(items):
@@ -296,7 +369,7 @@ def test_the_batch_runner_takes_everything_that_queued_meanwhile():
 
 
 def test_the_http_front_follows_the_flag_then_the_environment_then_what_is_installed(monkeypatch):
-    from raytev.serve import front
+    from raytev.serving import front
 
     monkeypatch.setattr(front, "haproxy_installed", lambda: True)
     assert front.chosen_front("proxy", {}) == "proxy" and front.chosen_front("haproxy", {}) == "haproxy"

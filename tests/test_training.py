@@ -18,6 +18,7 @@ from ray_train_probe import full_batch_gradients, one_step_gradients
 from transformers import AutoModel, AutoTokenizer
 
 import raytev
+from raytev.compat import registered_checkpoint
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
 from raytev.training.state import CHECKPOINT_PATTERN, latest_checkpoint
@@ -106,24 +107,11 @@ def test_fp16_trains_with_a_gradient_scaler(ray_session, tiny_run):
     assert saved["scaler"] is not None and saved["scaler"]["scale"] > 0  # the scaler's state is checkpointed
 
 
-def registered_checkpoint(run_dir: Path) -> str | None:
-    """The checkpoint Ray Train has registered, the one a restart resumes from; None before the first.
-
-    A checkpoint's files land before Ray registers it (its controller collects reports every couple of
-    seconds), so files on disk are not enough: a worker killed in between restarts from scratch. The
-    registry is Ray Train v2's own snapshot file, rewritten in place (a read can catch it half-written).
-    """
-    try:
-        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
-    except (OSError, ValueError):
-        return None
-    return latest["checkpoint_dir_name"] if latest else None
-
-
 def kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, started: float, killed: list,
                                                   timeout: float = 240) -> None:
     """SIGKILL one of this run's Ray Train worker processes, as a lost node would, once Ray holds a checkpoint."""
     deadline = time.time() + timeout
+    # A checkpoint's files land before Ray registers it: a worker killed in between restarts from scratch.
     while time.time() < deadline and (registered := registered_checkpoint(run_dir)) is None:
         time.sleep(0.05)
     for process in psutil.process_iter(["cmdline", "create_time"]):
@@ -134,27 +122,43 @@ def kill_a_worker_once_a_checkpoint_is_registered(run_dir: Path, started: float,
             return
 
 
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_session, tiny_run):
+def final_weights(output_dir: str) -> dict[str, torch.Tensor]:
+    """The exported model's parameters."""
+    return dict(AutoModel.from_pretrained(output_dir).state_dict())
+
+
+def test_a_killed_worker_resumes_exactly_where_an_uninterrupted_run_would_be(ray_session, tiny_run, tmp_path):
     run_dir = Path(tiny_run["output_dir"]) / "checkpoints"
+    # Shuffled, and checkpoints every 3 steps of 5-step epochs: the restart resumes in the middle of an epoch.
+    options = dict(TINY, shuffle_buffer_size=8, num_train_epochs=4, save_steps=3, num_workers=2, max_failures=2,
+                   save_total_limit=20)
     killed: list = []
     killer = threading.Thread(target=kill_a_worker_once_a_checkpoint_is_registered,
                               args=(run_dir, time.time(), killed))
     killer.start()
-    result = raytev.train(**tiny_run, **TINY, num_train_epochs=8, save_steps=5, num_workers=2, max_failures=2,
-                          save_total_limit=10)
+    result = raytev.train(**tiny_run, **options)
     killer.join()
     assert killed, "no worker was killed: the run finished before Ray registered a checkpoint"
-    assert result.steps == 40  # 8 epochs x (40 queries // 2 workers // 4 per step)
+    assert result.steps == 20  # 4 epochs x (40 queries // 2 workers // 4 per step)
     # It resumes from the checkpoint registered at the kill, or a later one registered before the workers died.
-    assert result.resumed_from is not None and killed[0] <= result.resumed_from < 40, (killed, result.resumed_from)
-    assert result.resumed_from % 5 == 0
+    assert result.resumed_from is not None and killed[0] <= result.resumed_from < 20, (killed, result.resumed_from)
+    assert result.resumed_from % 3 == 0
     steps = logged_steps(result.log)
-    assert steps == list(range(1, 41))  # the log restored from the checkpoint continues without repeats
+    assert steps == list(range(1, 21))  # the log restored from the checkpoint continues without repeats
     resumed_at = next(i for i, entry in enumerate(result.log) if entry.get("event") == "resumed")
     assert result.log[resumed_at + 1]["step"] == result.resumed_from + 1
+    # The same run, never interrupted, ends with the same weights: resuming lost and repeated nothing.
+    uninterrupted = raytev.train(**{**tiny_run, "output_dir": str(tmp_path / "uninterrupted")}, **options)
+    assert uninterrupted.resumed_from is None and uninterrupted.steps == 20
+    resumed, reference = final_weights(tiny_run["output_dir"]), final_weights(str(tmp_path / "uninterrupted"))
+    assert resumed.keys() == reference.keys()
+    assert max(float((resumed[name] - reference[name]).abs().max()) for name in reference) <= 1e-6
+    # ... and training moved them (equal weights because nothing trained would prove nothing).
+    start = final_weights(tiny_run["model_name_or_path"])
+    assert max(float((start[name] - reference[name]).abs().max()) for name in reference) > 1e-3
 
 
-def test_the_train_command_takes_tevatron_v1_flags(ray_session, tiny_run, capsys):
+def test_the_train_command_takes_tevatron_v1_flags(ray_session, tiny_run, capsys, tmp_path):
     from raytev.cli import main
 
     argv = ["train", "--model_name_or_path", tiny_run["model_name_or_path"], "--train_dir", tiny_run["dataset_path"],
@@ -163,8 +167,17 @@ def test_the_train_command_takes_tevatron_v1_flags(ray_session, tiny_run, capsys
             "--num_workers", "0", "--pooling", "cls", "--save_steps", "3"]
     assert main(argv) == 0
     assert "trained 3 steps" in capsys.readouterr().out
-    arguments = json.loads((Path(tiny_run["output_dir"]) / "training_args.json").read_text())
-    assert arguments["data"]["train_group_size"] == 2 and arguments["data"]["query_max_len"] == 16
-    assert arguments["training"]["cross_worker_negatives"] is False
+    arguments_file = Path(tiny_run["output_dir"]) / "training_args.json"
+    arguments = json.loads(arguments_file.read_text())
+    assert arguments["train_group_size"] == 2 and arguments["query_max_len"] == 16
+    assert arguments["cross_worker_negatives"] is False
     assert main(argv[:-2] + ["--save_steps", "0"]) == 1
     assert "--save_steps must be at least 1" in capsys.readouterr().err
+    # training_args.json is the command's JSON-file form: given back, it is the same run (already finished).
+    assert main(["train", str(arguments_file)]) == 1
+    assert "already trained to step 3" in capsys.readouterr().err
+    # The Python API, given the same flags as keyword arguments, trains the same model.
+    api = raytev.train(**{**arguments, "output_dir": str(tmp_path / "api")})
+    assert api.steps == 3
+    cli_weights, api_weights = final_weights(tiny_run["output_dir"]), final_weights(str(tmp_path / "api"))
+    assert all(torch.equal(cli_weights[name], api_weights[name]) for name in cli_weights)

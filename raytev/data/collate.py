@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from raytev.args import DataArguments
+from raytev.config.sections import TrainingSection
 from raytev.data.cache import TokenTable
 from raytev.data.sampling import GroupSampler
 
@@ -62,9 +62,9 @@ class TrainingCollator:
         return tensors
 
     @classmethod
-    def for_table(cls, queries: TokenTable, data: DataArguments, epoch: int = 0) -> TrainingCollator:
-        """The collator for a prepared queries table, with the sampling and padding options of `data`."""
-        sampler = GroupSampler(data.train_group_size, data.seed, data.positive_passage_no_shuffle,
-                               data.negative_passage_no_shuffle)
-        return cls(sampler, queries.manifest["settings"]["pad_token_id"], epoch, data.pad_to_multiple_of,
-                   data.padding_side)
+    def for_table(cls, queries: TokenTable, training: TrainingSection, seed: int, epoch: int = 0) -> TrainingCollator:
+        """The collator for a prepared queries table, with the sampling and padding options of `training`."""
+        sampler = GroupSampler(training.train_group_size, seed, training.positive_passage_no_shuffle,
+                               training.negative_passage_no_shuffle)
+        return cls(sampler, queries.manifest["settings"]["pad_token_id"], epoch, training.pad_to_multiple_of,
+                   training.padding_side)

@@ -35,7 +35,8 @@ class EmbeddingsManifest:
     kind: str  # "passages" or "queries"
     pooling: str = ""
     normalize: bool = False
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the stored vectors
+    precision: str = "float32"  # of the model's weights when it encoded: bf16 vectors differ from fp32 ones
     source: str = ""  # the token table (fingerprint) the vectors were computed from
     planned_shards: int = 0
     shards: dict[str, int] = field(default_factory=dict)  # finished shard file -> rows
@@ -54,7 +55,7 @@ class EmbeddingsManifest:
 
     def same_run(self, other: EmbeddingsManifest) -> bool:
         """Whether two manifests describe the same encoding (so one may resume the other)."""
-        keys = ("model", "dim", "kind", "pooling", "normalize", "dtype", "source", "planned_shards")
+        keys = ("model", "dim", "kind", "pooling", "normalize", "dtype", "precision", "source", "planned_shards")
         return all(getattr(self, key) == getattr(other, key) for key in keys)
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import ray
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raytev.data.cache import TokenTable
 from raytev.data.collate import TrainingCollator
@@ -31,23 +29,35 @@ def training_dataset(queries: TokenTable, train_group_size: int, read_cpus: floa
     return ray.data.read_parquet(queries.files, columns=TRAINING_COLUMNS, num_cpus=read_cpus)
 
 
-class RayCollate(NumpyBatchCollateFn):
-    """Ray Data's collate interface over a TrainingCollator (which itself stays free of Ray)."""
+def ordered_ingest():
+    """Ray Train's data config with ordered execution: every run (a resumed one too) splits and streams the
+    groups identically, so that a seeded shuffle gives the same batches (Ray's ingest default does not
+    preserve order)."""
+    import copy
 
-    def __init__(self, collator: TrainingCollator):
-        self.collator = collator
+    from ray.data import DataContext
+    from ray.train import DataConfig
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Model tensors for one batch of query rows."""
-        return self.collator(batch)
+    # A copy of the current options (what DataConfig's default carries over), built without calling
+    # ExecutionOptions' constructor, which warns about a deprecated argument it passes itself.
+    options = copy.deepcopy(DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
 
 
-def iter_training_batches(data, collator: TrainingCollator, batch_size: int, drop_last: bool = True,
+def iter_training_batches(data, collator: TrainingCollator, batch_size: int, steps: int | None = None, skip: int = 0,
                           shuffle_buffer: int | None = None, shuffle_seed: int | None = None
                           ) -> Iterator[dict[str, torch.Tensor]]:
     """Padded model batches from a Ray Dataset or a Train worker's shard of one (`get_dataset_shard`).
 
-    `drop_last` keeps every batch full, so all workers run the same number of steps with equal shapes.
+    Partial batches are dropped, so all workers run the same number of steps with equal shapes; at most `steps`
+    batches come out. The first `skip` batches are read, to reach the same place of a seeded stream, but not
+    collated (a resumed run skips what it trained on before its checkpoint).
     """
-    return data.iter_torch_batches(batch_size=batch_size, collate_fn=RayCollate(collator), drop_last=drop_last,
-                                   local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed)
+    rows = data.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                             local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=shuffle_seed)
+    for index, batch in enumerate(rows):
+        if steps is not None and index >= steps:
+            return
+        if index >= skip:
+            yield collator(batch)

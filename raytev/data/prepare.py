@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytev import __version__
-from raytev.args import DataArguments, ModelArguments
+from raytev.config.sections import DataSection
+from raytev.config.stages import PrepareConfig, ValidateConfig
 from raytev.data.arrow_rows import read_arrow_rows
 from raytev.data.cache import CacheTransaction, TokenTable, default_cache_dir, file_fingerprint, fingerprint
+from raytev.data.model_folder import ResolvedModel, resolve_model
 from raytev.data.reading import NegativesConfig, count_list_items, read_source
 from raytev.data.sources import DataSource, resolve_source
 from raytev.data.token_tables import write_corpus_table, write_queries_table
-from raytev.data.tokenize import (DEFAULT_PASSAGE_MAX_LEN, DEFAULT_QUERY_MAX_LEN, TextTokenizer, load_tokenizer,
-                                  model_max_seq_length, tokenizer_dir, tokenizer_fingerprint)
+from raytev.data.tokenize import TextTokenizer, pad_token_id, tokenizer_fingerprint
 from raytev.errors import ProblemLog, RaytevError
 
 
@@ -36,6 +36,30 @@ class PreparedData:
         """Whether every table was already in the cache."""
         return all(self.reused.values())
 
+    def summary(self) -> str:
+        """What `raytev data prepare` prints: each table, whether it was reused, and where it is."""
+        lines = [self.source.label]
+        for kind, table in (("corpus", self.corpus), ("queries", self.queries)):
+            if table is not None:
+                state = "cache hit, reused" if self.reused[kind] else "tokenized"
+                lines.append(f"  {kind:<8} {describe_table(table)}  [{state}]\n           {table.path}")
+        reused = sum(self.reused.values())
+        verdict = "cache hit: nothing to do" if self.all_reused else f"{reused}/{len(self.reused)} tables reused"
+        lines.append(f"prepared in {self.seconds:.2f} s ({verdict})")
+        return "\n".join(lines)
+
+
+def describe_table(table: TokenTable) -> str:
+    """One line of counts for a token table."""
+    manifest = table.manifest
+    if table.kind == "corpus":
+        return (f"{table.rows:,} passages, mean {manifest['mean_tokens']} tokens, "
+                f"{manifest['truncated']:,} cut at {manifest['settings']['passage_max_len']}")
+    text = f"{table.rows:,} queries"
+    if manifest.get("groups"):
+        text += f" with {manifest['positives']:,} positives and {manifest['negatives']:,} negatives"
+    return text + f", mean {manifest['query_mean_tokens']} tokens"
+
 
 @dataclass
 class ValidationReport:
@@ -48,45 +72,56 @@ class ValidationReport:
     negatives: int | None
     seconds: float
 
+    def summary(self) -> str:
+        """What `raytev data validate` prints: the counts."""
+        parts = []
+        if self.passages is not None:
+            parts.append(f"{self.passages:,} passages")
+        if self.queries is not None:
+            groups = f" with {self.positives:,} positives and {self.negatives:,} negatives" \
+                if self.positives is not None else ""
+            parts.append(f"{self.queries:,} queries{groups}")
+        return f"{self.source.label}: valid: {', '.join(parts)} ({self.seconds:.2f} s)"
 
-def prepare_data(data: DataArguments, model: ModelArguments) -> PreparedData:
+
+def prepare(config: PrepareConfig) -> PreparedData:
+    """`raytev data prepare`: the source tokenized as the model reads text, in the token cache."""
+    return prepare_data(config.data, resolve_model(config.model, config.text))
+
+
+def validate(config: ValidateConfig) -> ValidationReport:
+    """`raytev data validate`: the source read and checked, nothing written."""
+    return validate_data(config.data)
+
+
+def prepare_data(data: DataSection, model: ResolvedModel) -> PreparedData:
     """Validate and tokenize a source into the token cache, reusing tables whose inputs are unchanged."""
     started = time.perf_counter()
     source = resolve_source(data, hub_cache_dir=data.dataset_cache_dir)
-    tokenizer_name = model.tokenizer_name or model.model_name_or_path
-    if not tokenizer_name:
-        raise RaytevError("pass --model_name_or_path (or --tokenizer_name): its tokenizer turns text into tokens.")
-    tokenizer_folder = tokenizer_dir(tokenizer_name, cache_dir=model.cache_dir)
-    data = with_max_lengths(data, tokenizer_folder)
-    keys = table_fingerprints(source, data, tokenizer_fingerprint(tokenizer_folder))
+    keys = table_fingerprints(source, data, model, tokenizer_fingerprint(model.tokenizer_dir))
     cache_dir = Path(data.dataset_cache_dir).expanduser() if data.dataset_cache_dir else default_cache_dir()
     cached = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
     missing = [kind for kind, table in cached.items() if table is None]
     if missing:
-        build_tables(source, data, tokenizer_folder, cache_dir, keys, cached, missing)
+        build_tables(source, data, model, cache_dir, keys, cached, missing)
     tables = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
-    return PreparedData(source, tables.get("corpus"), tables.get("queries"), tokenizer_folder,
+    return PreparedData(source, tables.get("corpus"), tables.get("queries"), model.tokenizer_dir,
                         reused={kind: kind not in missing for kind in keys},
                         seconds=time.perf_counter() - started)
 
 
-def with_max_lengths(data: DataArguments, tokenizer_folder: Path) -> DataArguments:
-    """Lengths left unset become the model's own max_seq_length (sentence-transformers), else Tevatron's."""
-    own = model_max_seq_length(tokenizer_folder)
-    return dataclasses.replace(data, query_max_len=data.query_max_len or own or DEFAULT_QUERY_MAX_LEN,
-                               passage_max_len=data.passage_max_len or own or DEFAULT_PASSAGE_MAX_LEN)
-
-
-def table_fingerprints(source: DataSource, data: DataArguments, tokenizer_key: str) -> dict[str, str]:
-    """The cache key of each table the source becomes: its inputs' content plus every setting that shapes it."""
-    passage_settings = {"tokenizer": tokenizer_key, "max_len": data.passage_max_len, "prefix": data.passage_prefix,
-                        "separator": data.title_separator, "append_eos": data.append_eos_token}
+def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedModel,
+                       tokenizer_key: str) -> dict[str, str]:
+    """The cache key of each table the source becomes: its inputs' content plus every setting that shapes it
+    (the prompts and lengths the model resolved to among them)."""
+    passage_settings = {"tokenizer": tokenizer_key, "max_len": model.passage_max_len, "prefix": model.passage_prefix,
+                        "separator": data.title_separator, "append_eos": model.append_eos_token}
     keys = {}
     if source.corpus is not None:
         keys["corpus"] = fingerprint(kind="corpus", content=source.corpus.content_fingerprint(), **passage_settings)
     if source.queries is not None:
-        query_settings = {"tokenizer": tokenizer_key, "max_len": data.query_max_len, "prefix": data.query_prefix,
-                          "append_eos": data.append_eos_token}
+        query_settings = {"tokenizer": tokenizer_key, "max_len": model.query_max_len, "prefix": model.query_prefix,
+                          "append_eos": model.append_eos_token}
         passages: dict | str | None = None
         if source.has_groups:
             # Group passages come from the corpus table (then its key covers them) or are written inline.
@@ -103,7 +138,7 @@ def table_fingerprints(source: DataSource, data: DataArguments, tokenizer_key: s
     return keys
 
 
-def build_tables(source: DataSource, data: DataArguments, tokenizer_folder: Path, cache_dir: Path,
+def build_tables(source: DataSource, data: DataSection, model: ResolvedModel, cache_dir: Path,
                  keys: dict[str, str], cached: dict[str, TokenTable | None], missing: list[str]) -> None:
     """Read, validate and tokenize the missing tables; all of them appear in the cache together, or none."""
     negatives = NegativesConfig(data.negatives_run, data.num_negatives, data.seed)
@@ -115,11 +150,11 @@ def build_tables(source: DataSource, data: DataArguments, tokenizer_folder: Path
         corpus_docids = corpus_table.read(["docid"]).column("docid") if corpus_table else None
         corpus_file, queries_text = read_source(source, Path(work), data.title_separator, negatives, ProblemLog(),
                                                 corpus_docids=corpus_docids, include_queries="queries" in missing)
-        tokenizer = load_tokenizer(tokenizer_folder)
-        passage_tokenizer = TextTokenizer(tokenizer, data.passage_max_len, data.passage_prefix, data.append_eos_token)
-        settings = {"tokenizer": str(tokenizer_folder), "passage_max_len": data.passage_max_len,
-                    "passage_prefix": data.passage_prefix, "title_separator": data.title_separator,
-                    "append_eos_token": data.append_eos_token, "raytev_version": __version__,
+        tokenizer = model.load_tokenizer()
+        passage_tokenizer = TextTokenizer.for_passages(model, tokenizer)
+        settings = {"tokenizer": str(model.tokenizer_dir), "passage_max_len": model.passage_max_len,
+                    "passage_prefix": model.passage_prefix, "title_separator": data.title_separator,
+                    "append_eos_token": model.append_eos_token, "raytev_version": __version__,
                     "pad_token_id": pad_token_id(tokenizer)}
         if corpus_file is not None:
             hidden = transaction.new_table("corpus", keys["corpus"])
@@ -129,7 +164,7 @@ def build_tables(source: DataSource, data: DataArguments, tokenizer_folder: Path
             transaction.commit(hidden, manifest)
             corpus_table = TokenTable(hidden, manifest)
         if queries_text is not None:
-            query_tokenizer = TextTokenizer(tokenizer, data.query_max_len, data.query_prefix, data.append_eos_token)
+            query_tokenizer = TextTokenizer.for_queries(model, tokenizer)
             corpus_tokens = None
             if queries_text.passages_from == "corpus":
                 corpus_tokens = corpus_table.read(["input_ids"]).column("input_ids")
@@ -140,22 +175,14 @@ def build_tables(source: DataSource, data: DataArguments, tokenizer_folder: Path
                         "groups": queries_text.has_groups, "passages_from": queries_text.passages_from,
                         "corpus": keys.get("corpus") if queries_text.passages_from == "corpus" else None,
                         "qrels": str(source.qrels) if source.qrels else None,
-                        "settings": {**settings, "query_max_len": data.query_max_len,
-                                     "query_prefix": data.query_prefix, "negatives_run": data.negatives_run,
+                        "settings": {**settings, "query_max_len": model.query_max_len,
+                                     "query_prefix": model.query_prefix, "negatives_run": data.negatives_run,
                                      "num_negatives": data.num_negatives, "seed": data.seed},
                         **result}
             transaction.commit(hidden, manifest)
 
 
-def pad_token_id(tokenizer) -> int:
-    """The id batches are padded with: the pad token, else EOS (decoder models), else 0."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def validate_data(data: DataArguments) -> ValidationReport:
+def validate_data(data: DataSection) -> ValidationReport:
     """Read and check a source without tokenizing or writing anything; raises DataError listing its problems."""
     started = time.perf_counter()
     source = resolve_source(data, hub_cache_dir=data.dataset_cache_dir)

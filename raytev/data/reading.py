@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows
-from raytev.data.formats import (Passage, parse_corpus_record, parse_query_record, parse_training_group,
-                                 passage_text)
-from raytev.data.relevance import read_qrels, read_run
+from raytev.data.formats import Passage, parse_corpus_record, parse_query_record, parse_training_group, passage_text
+from raytev.data.qrels import read_qrels
+from raytev.data.runs import read_run
 from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, RecordFiles
 from raytev.errors import ProblemLog

@@ -1,4 +1,5 @@
-"""Where data comes from: a bundled dataset, a BEIR folder, local JSONL/TSV files, or a Hugging Face dataset."""
+"""Where data comes from: a bundled dataset, a BEIR folder, local JSONL/TSV files, or a Hugging Face dataset
+(`Tevatron/msmarco-passage`, `name/split`, `name:config`, loaded for people online)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from raytev.args import DataArguments
 from raytev.bundled import bundled_dataset_names, bundled_dataset_path
+from raytev.config.sections import DataSection
 from raytev.data.cache import file_fingerprint
-from raytev.data.hub import HubDataset
 from raytev.data.lines import first_record, is_tsv, iter_json_records, iter_tsv_rows
 from raytev.errors import ProblemLog, RaytevError
 
@@ -32,6 +32,46 @@ def detect_kind(keys: set[str], encode_is_query: bool) -> RecordKind | None:
     if {"_id", "text"} <= keys:
         return "queries" if encode_is_query else "corpus"
     return None
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A dataset on the Hugging Face hub, with its config and split."""
+
+    name: str
+    config: str | None
+    split: str
+
+    @property
+    def label(self) -> str:
+        """How problems name this dataset (in place of a file name)."""
+        config = f":{self.config}" if self.config else ""
+        return f"{self.name}{config}/{self.split}"
+
+    @classmethod
+    def parse(cls, name: str, config: str | None, split: str) -> HubDataset:
+        """Split Tevatron-style `org/name/split` and `org/name:config` into their parts."""
+        parts = name.split("/")
+        if len(parts) == 3:
+            name, split = "/".join(parts[:2]), parts[2]
+        if ":" in name:
+            name, config = name.split(":", 1)
+        return cls(name, config or None, split)
+
+    def load(self, cache_dir: str | None = None):
+        """The split as a `datasets.Dataset`; offline or unknown names fail with what to do instead."""
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.name, self.config, split=self.split, cache_dir=cache_dir)
+        except Exception as error:  # offline, missing, gated and bad splits raise many different types
+            raise RaytevError(
+                f"could not load the Hugging Face dataset '{self.label}' "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}).\n"
+                "Offline, or for a dataset you have as files, pass local files instead: --dataset_path "
+                "with a Tevatron training JSONL, a corpus/queries JSONL or TSV, or a BEIR folder; "
+                "or use the bundled dataset with --dataset_name scifact."
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -83,7 +123,9 @@ class RecordFiles:
     def content_fingerprint(self) -> str:
         """A hash of the records' content (file bytes, or the hub dataset's own fingerprint)."""
         if self.hub:
-            return self.hub.load(self.hub_cache_dir)._fingerprint
+            from raytev.compat import dataset_fingerprint
+
+            return dataset_fingerprint(self.hub.load(self.hub_cache_dir))
         digest = hashlib.sha256()
         for path in self.paths:
             digest.update(file_fingerprint(path).encode())
@@ -105,7 +147,7 @@ class DataSource:
         return self.qrels is not None or (self.queries is not None and self.queries.kind == "groups")
 
 
-def resolve_source(args: DataArguments, hub_cache_dir: str | None = None) -> DataSource:
+def resolve_source(args: DataSection, hub_cache_dir: str | None = None) -> DataSource:
     """Turn --dataset_name / --dataset_path / --dataset_split / --corpus_path into a DataSource."""
     if args.dataset_path:
         source = _local_source(args.dataset_path, args)
@@ -132,7 +174,7 @@ def resolve_source(args: DataArguments, hub_cache_dir: str | None = None) -> Dat
     return source
 
 
-def _local_source(path_text: str, args: DataArguments) -> DataSource:
+def _local_source(path_text: str, args: DataSection) -> DataSource:
     path = Path(path_text).expanduser()
     if path.is_dir():
         if find_beir_layout(path) is not None:
@@ -202,7 +244,7 @@ def _beir_source(root: Path, split: str, label: str) -> DataSource:
                       RecordFiles("queries", (layout["queries"],)), qrels)
 
 
-def _hub_source(hub: HubDataset, args: DataArguments, cache_dir: str | None) -> DataSource:
+def _hub_source(hub: HubDataset, args: DataSection, cache_dir: str | None) -> DataSource:
     dataset = hub.load(cache_dir)
     kind = detect_kind(set(dataset.column_names), args.encode_is_query)
     if kind is None:

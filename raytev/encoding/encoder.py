@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -10,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from raytev.args import (DataArguments, EncodeArguments, EncoderArguments, ModelArguments, PrecisionArguments,
-                         RayArguments)
-from raytev.bundled import resolve_model_path
+from raytev.config.stages import EncodeConfig
 from raytev.data.cache import TokenTable
-from raytev.data.embeddings import (EmbeddingsManifest, EmbeddingsWriter, load_embeddings,
-                                    write_tevatron_pickle)
+from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, write_tevatron_pickle
+from raytev.data.model_folder import ResolvedModel, resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
-from raytev.modeling.dense import describe_model
 from raytev.progress import progress_bar
 
 # Rows an actor receives per call; it sorts them by length and cuts them into per_device_eval_batch_size batches.
@@ -41,11 +37,12 @@ class EncodeResult:
         """Vectors encoded per second of this run (preparation included)."""
         return self.rows / self.seconds if self.seconds else 0.0
 
-
-def model_options(model: ModelArguments) -> dict:
-    """The DenseModel settings the user fixed (None: the model's own)."""
-    return {"pooling": model.pooling, "normalize": model.normalize, "untied": model.untie_encoder,
-            "cache_dir": model.cache_dir}
+    def summary(self) -> str:
+        """What `raytev encode` prints."""
+        reused = f", {self.reused_shards} of {self.shards} shards kept from an earlier run" \
+            if self.reused_shards else ""
+        return (f"encoded {self.rows:,} texts ({self.dim} dims) in {self.seconds:.1f} s "
+                f"({self.rows_per_second:.1f}/s){reused} -> {self.output}")
 
 
 def shard_ranges(rows: int, shard_index: int, number_of_shards: int, rows_per_shard: int) -> list[tuple[int, int]]:
@@ -54,52 +51,53 @@ def shard_ranges(rows: int, shard_index: int, number_of_shards: int, rows_per_sh
     return [(start, min(start + rows_per_shard, high)) for start in range(low, high, rows_per_shard)]
 
 
-def encode(data: DataArguments, model: ModelArguments, options: EncodeArguments, encoder: EncoderArguments,
-           precision: PrecisionArguments, cluster: RayArguments) -> EncodeResult:
-    """Encode a dataset's passages (or, with --encode_is_query, its queries) into embedding shards."""
+def encode(config: EncodeConfig, model: ResolvedModel | None = None) -> EncodeResult:
+    """Encode a dataset's passages (or, with --encode_is_query, its queries) into embedding shards.
+
+    `model`: the model a calling stage resolved already (else resolved here from the config).
+    """
     started = time.perf_counter()
-    if not options.encode_output_path:
-        raise RaytevError("pass --encode_output_path: where the embeddings go.")
-    if not model.model_name_or_path:
-        raise RaytevError("pass --model_name_or_path: the model that encodes.")
-    model_source = resolve_model_path(model.model_name_or_path)
-    settings, dim = describe_model(model_source, **model_options(model))
-    prepared = prepare_data(data, dataclasses.replace(model, model_name_or_path=model_source))
+    data = config.data
+    model = model or resolve_model(config.model, config.text, config.precision)
+    dim = model.hidden_size()
+    prepared = prepare_data(data, model)
     table = prepared.queries if data.encode_is_query else prepared.corpus
     kind = "queries" if data.encode_is_query else "passages"
     if table is None:
         other = "passages (drop --encode_is_query)" if data.encode_is_query else "queries (add --encode_is_query)"
         raise RaytevError(f"{prepared.source.label} holds no {kind} to encode; it holds {other}.")
 
-    output = Path(options.encode_output_path).expanduser()
-    shards_dir = output.with_name(output.name + ".shards") if options.output_format == "tevatron-pickle" else output
-    ranges = shard_ranges(table.rows, options.dataset_shard_index, options.dataset_number_of_shards,
-                          encoder.rows_per_shard)
+    output = Path(config.encode_output_path).expanduser()
+    shards_dir = output.with_name(output.name + ".shards") if config.output_format == "tevatron-pickle" else output
+    ranges = shard_ranges(table.rows, config.dataset_shard_index, config.dataset_number_of_shards,
+                          config.rows_per_shard)
     manifest = EmbeddingsManifest(
-        model=model_source, dim=dim, kind=kind, pooling=settings.pooling, normalize=settings.normalize,
+        model=model.path, dim=dim, kind=kind, pooling=model.settings.pooling, normalize=model.settings.normalize,
+        precision=model.dtype or "float32",
         source=f"{table.manifest['fingerprint']}[{ranges[0][0] if ranges else 0}:{ranges[-1][1] if ranges else 0}]",
         planned_shards=len(ranges))
-    writer = EmbeddingsWriter(shards_dir, manifest, overwrite=options.overwrite_output,
-                              replace_other_runs=options.replace_other_runs)
+    writer = EmbeddingsWriter(shards_dir, manifest, overwrite=config.overwrite_output,
+                              replace_other_runs=config.replace_other_runs)
     todo = {index: ranges[index] for index in range(len(ranges)) if index not in writer.finished()}
-    encoded = run_actor_pool(table, todo, writer, model_source, model, encoder, precision, cluster,
-                             data.encode_is_query) if todo else 0
-    if options.output_format == "tevatron-pickle":
+    run = run_actor_pool if config.actors.num_actors > 0 else run_in_process
+    encoded = run(table, todo, writer, model, config, data.encode_is_query) if todo else 0
+    if config.output_format == "tevatron-pickle":
         ids, vectors = load_embeddings(str(shards_dir))
         write_tevatron_pickle(output, vectors, ids.tolist())
     return EncodeResult(output, encoded, len(ranges) - len(todo), len(ranges), dim, time.perf_counter() - started)
 
 
-def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter, model_source: str,
-                   model: ModelArguments, options: EncoderArguments, precision: PrecisionArguments,
-                   cluster: RayArguments, is_query: bool) -> int:
+def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
+                   model: ResolvedModel, config: EncodeConfig, is_query: bool) -> int:
     """Encode the rows of the unfinished shards on an actor pool; write each shard as soon as it is complete."""
     import ray
     from ray.data.expressions import col
+
     from raytev.cluster import connect, node_cpus
     from raytev.encoding.batch_encoder import BatchEncoder
 
-    connect(cluster.address)
+    actors, cluster = config.actors, config.cluster
+    connect(cluster.address, cluster.verbose)
     id_column = "query_id" if is_query else "docid"
     wanted = None
     for low, high in todo.values():
@@ -108,17 +106,16 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     dataset = ray.data.read_parquet(table.files, columns=["row", id_column, "input_ids"]).filter(expr=wanted)
     # Small inputs arrive as one block, which one actor would take alone: cut it so every actor gets work.
     total = sum(high - low for low, high in todo.values())
-    dataset = dataset.repartition(max(options.num_actors * 4, math.ceil(total / ROWS_PER_ACTOR_CALL)))
-    dtype = "bfloat16" if precision.bf16 else "float16" if precision.fp16 else None
-    resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": options.cpus_per_actor}
+    dataset = dataset.repartition(max(actors.num_actors * 4, math.ceil(total / ROWS_PER_ACTOR_CALL)))
+    resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
     dataset = dataset.map_batches(
         BatchEncoder,
         fn_constructor_kwargs=dict(
-            model_path=model_source, model_options=model_options(model), is_query=is_query, id_column=id_column,
-            batch_size=options.per_device_eval_batch_size, pad_token_id=table.manifest["settings"]["pad_token_id"],
-            dtype=dtype, device="cuda" if cluster.use_gpu else "cpu",
-            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // options.num_actors)),
-        compute=ray.data.ActorPoolStrategy(size=options.num_actors),
+            model=model, is_query=is_query, id_column=id_column,
+            batch_size=config.inference.per_device_eval_batch_size,
+            pad_token_id=table.manifest["settings"]["pad_token_id"], device="cuda" if cluster.use_gpu else "cpu",
+            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // actors.num_actors)),
+        compute=ray.data.ActorPoolStrategy(size=actors.num_actors),
         batch_size=ROWS_PER_ACTOR_CALL, batch_format="numpy", **resources)
     # In input order, shards complete one after another and only one is buffered at a time.
     dataset.context.execution_options.preserve_order = True
@@ -142,6 +139,28 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     unfinished = sorted(buffers)
     if unfinished:
         raise RuntimeError(f"encoding ended with shards {unfinished} incomplete")
+    return total
+
+
+def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
+                   model: ResolvedModel, config: EncodeConfig, is_query: bool) -> int:
+    """--num_actors 0: encode the unfinished shards in this process, one shard at a time (no Ray; for debugging
+    and inputs too small to be worth starting actors)."""
+    import pyarrow.compute as pc
+
+    from raytev.encoding.batch_encoder import BatchEncoder
+
+    id_column = "query_id" if is_query else "docid"
+    encoder = BatchEncoder(model, is_query, id_column, config.inference.per_device_eval_batch_size,
+                           table.manifest["settings"]["pad_token_id"], "cuda" if config.cluster.use_gpu else "cpu")
+    rows = table.read(["row", id_column, "input_ids"])
+    total = sum(high - low for low, high in todo.values())
+    with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:
+        for index, (low, high) in sorted(todo.items()):
+            part = rows.filter(pc.and_(pc.greater_equal(rows["row"], low), pc.less(rows["row"], high)))
+            encoded = encoder({name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names})
+            writer.write_shard(index, [str(docid) for docid in encoded["id"]], encoded["embedding"])
+            bar.update(part.num_rows)
     return total
 
 

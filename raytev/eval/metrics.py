@@ -1,16 +1,45 @@
-"""Ranking metrics of a run against qrels, computed by ir_measures and averaged the way BEIR and MTEB average."""
+"""Ranking metrics of a run against qrels, computed by ir_measures and averaged the way BEIR and MTEB average; the
+Evaluation they make, and its text and JSON forms (printing is the caller's)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
 from ir_measures import Measure
 
-from raytev.data.relevance import Judgement
+from raytev.data.qrels import Judgement
+from raytev.data.runs import Run, ranked_docids
 from raytev.errors import RaytevError
-from raytev.eval.evaluation import Evaluation
-from raytev.eval.runs import Run, ranked_docids
+
+
+class Evaluation(dict):
+    """Metric name → value, a plain dict (its JSON form), plus how many queries the values cover.
+
+    `queries` is how many queries the values are averaged over; `missing_queries` is how many queries the
+    qrels (or answers) name that the run lacks; `missing_scored_zero` says whether those are inside the
+    average as zeros (QA accuracy) or left out of it (ranking metrics, as BEIR and MTEB do).
+    """
+
+    title = ""  # what summary() names (the run file, for `raytev eval`)
+    as_json = False  # summary() as JSON (`raytev eval --json`)
+
+    def __init__(self, metrics: Mapping[str, float], queries: int, missing_queries: int,
+                 missing_scored_zero: bool = False):
+        super().__init__(metrics)
+        self.queries = queries
+        self.missing_queries = missing_queries
+        self.missing_scored_zero = missing_scored_zero
+
+    def summary(self) -> str:
+        """What `raytev eval` prints: a table titled with the run (JSON with --json)."""
+        return format_json(self) if self.as_json else format_table(self, self.title)
+
+    def __repr__(self) -> str:
+        return (f"Evaluation({dict(self)!r}, queries={self.queries}, missing_queries={self.missing_queries}, "
+                f"missing_scored_zero={self.missing_scored_zero})")
+
 
 DEFAULT_METRICS = ("nDCG@10", "MRR@10", "R@100", "R@1000", "MAP")
 
@@ -95,3 +124,30 @@ def _examples(query_ids) -> str:
     shown = sorted(query_ids)[:3]
     more = f" and {len(query_ids) - len(shown)} more" if len(query_ids) > len(shown) else ""
     return f"{len(query_ids)} queries (ids {', '.join(repr(q) for q in shown)}{more})"
+
+
+def format_table(metrics: Mapping[str, float], title: str = "") -> str:
+    """An aligned `metric  value` table (4 decimals); an Evaluation adds a line saying which queries it covers."""
+    width = max([len("metric"), *(len(name) for name in metrics)])
+    values = {name: f"{value:.4f}" for name, value in metrics.items()}
+    value_width = max([len("value"), *(len(text) for text in values.values())])
+    lines = [title] if title else []
+    lines.append(f"{'metric':<{width}}  {'value':>{value_width}}")
+    lines += [f"{name:<{width}}  {text:>{value_width}}" for name, text in values.items()]
+    if isinstance(metrics, Evaluation):
+        lines.append(coverage_line(metrics))
+    return "\n".join(lines)
+
+
+def coverage_line(evaluation: Evaluation) -> str:
+    """One line: how many queries the values average over, and what became of those the run lacks."""
+    line = f"averaged over {evaluation.queries} queries"
+    if evaluation.missing_queries:
+        fate = "counted as misses" if evaluation.missing_scored_zero else "left out of the average"
+        line += f"; {evaluation.missing_queries} not in the run ({fate})"
+    return line
+
+
+def format_json(metrics: Mapping[str, float]) -> str:
+    """The metrics dict as JSON (metric name → value), the form results files and benchmarks store."""
+    return json.dumps(dict(metrics), indent=2)

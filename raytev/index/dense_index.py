@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
 from raytev.errors import RaytevError
+from raytev.index.faiss_setup import faiss
 
 FORMAT = "raytev-index"
 VERSION = 1

@@ -7,12 +7,12 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
-import faiss
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytev.errors import RaytevError
 from raytev.index.dense_index import FORMAT, DenseIndex, IndexInfo
+from raytev.index.faiss_setup import faiss
 from raytev.staging import staged_directory
 
 INDEX_FILE = "index.faiss"

@@ -11,15 +11,34 @@ import torch.nn.functional as F
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from raytev.data.model_folder import (
+    DenseModelSettings,
+    ResolvedModel,
+    check_model_source,
+    check_pooling,
+    read_saved_settings,
+    resolve_settings,
+)
 from raytev.errors import RaytevError
 from raytev.modeling.loss import contrastive_loss
-from raytev.modeling.model_files import check_model_source
-from raytev.modeling.pooling import pool
-from raytev.modeling.settings import DenseModelSettings, read_saved_settings, resolve_settings
 from raytev.staging import staged_directory
 
 QUERY_SUBFOLDER = "query_model"
 PASSAGE_SUBFOLDER = "passage_model"
+
+
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+    """Pool [B, L, H] hidden states into [B, H]: the first token (cls), the masked mean, or the last real token."""
+    check_pooling(method)
+    if method == "cls":
+        return hidden_states[:, 0]
+    if method == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    # The highest masked-in position is the last real token, whichever side the padding is on.
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    last = (attention_mask.to(positions.dtype) * positions).argmax(dim=1)
+    return hidden_states[torch.arange(hidden_states.size(0), device=hidden_states.device), last]
 
 
 @dataclass
@@ -65,7 +84,6 @@ class DenseModel(torch.nn.Module):
             self.passage_encoder = passage_encoder
         # None gathers negatives from all workers whenever torch.distributed runs with several.
         self.cross_worker_negatives = cross_worker_negatives
-        self.tokenizer = None  # attach one and save_pretrained writes it too
 
     def _passage_side(self) -> PreTrainedModel:
         """The encoder that reads passages: the query encoder itself when tied."""
@@ -119,10 +137,21 @@ class DenseModel(torch.nn.Module):
         """
         path_or_name = str(path_or_name)
         check_model_source(path_or_name)
-        saved = read_saved_settings(path_or_name, cache_dir)
         overrides = dict(pooling=pooling, normalize=normalize, temperature=temperature, untied=untied,
                          query_prefix=query_prefix, passage_prefix=passage_prefix)
-        settings = resolve_settings(path_or_name, saved, overrides, cache_dir)
+        settings = resolve_settings(path_or_name, overrides, cache_dir)
+        return cls.load(path_or_name, settings, cross_worker_negatives, cache_dir, **hf_kwargs)
+
+    @classmethod
+    def from_resolved(cls, model: ResolvedModel, cross_worker_negatives: bool | None = None, **hf_kwargs) -> DenseModel:
+        """The DenseModel of a ResolvedModel (its settings as resolved when the stage started)."""
+        return cls.load(model.path, model.settings, cross_worker_negatives, model.cache_dir, **hf_kwargs)
+
+    @classmethod
+    def load(cls, path_or_name: str, settings: DenseModelSettings, cross_worker_negatives: bool | None = None,
+             cache_dir: str | None = None, **hf_kwargs) -> DenseModel:
+        """The weights at `path_or_name` with these settings (a raytev untied save: both encoders)."""
+        saved = read_saved_settings(path_or_name, cache_dir)
         if saved is not None and saved.untied:
             query_encoder = _load_encoder(path_or_name, QUERY_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
             passage_encoder = _load_encoder(path_or_name, PASSAGE_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
@@ -133,7 +162,6 @@ class DenseModel(torch.nn.Module):
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
         """Save HF weights (tied: at the top; untied: query_model/, passage_model/), settings and tokenizer."""
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         with staged_directory(directory) as staging:
             if self.settings.untied:
                 self.query_encoder.save_pretrained(staging / QUERY_SUBFOLDER)
@@ -143,19 +171,3 @@ class DenseModel(torch.nn.Module):
             self.settings.save(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-
-
-def describe_model(path_or_name: str, cache_dir: str | None = None, **overrides) -> tuple[DenseModelSettings, int]:
-    """The settings a DenseModel would load with, and its embedding size, read without loading the weights."""
-    from transformers import AutoConfig
-
-    path_or_name = str(path_or_name)
-    check_model_source(path_or_name)
-    saved = read_saved_settings(path_or_name, cache_dir)
-    settings = resolve_settings(path_or_name, saved, overrides, cache_dir)
-    subfolder = QUERY_SUBFOLDER if saved is not None and saved.untied else ""
-    try:
-        config = AutoConfig.from_pretrained(path_or_name, subfolder=subfolder, cache_dir=cache_dir)
-    except (OSError, ValueError) as error:
-        raise RaytevError(f"could not read the model configuration of '{path_or_name}': {error}") from error
-    return settings, int(config.hidden_size)

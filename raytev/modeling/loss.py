@@ -12,12 +12,31 @@ def distributed_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by a constant."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor):
+        return gradient * ctx.factor, None
+
+
 def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
-    """Concatenate every worker's tensor in rank order; gradient flows only into this worker's slot."""
+    """Concatenate every worker's tensor in rank order; gradient flows only into this worker's slot.
+
+    The one place the world size enters the gradient: every worker computes the same global loss but
+    back-propagates it only into its own slot, and DDP then averages the workers' gradients. So the slot's
+    gradient is multiplied by the world size, and the average equals one process's full-batch gradient, while the
+    loss itself stays the global loss (what the log shows).
+    """
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local.detach().contiguous())
     # all_gather's outputs carry no graph: put the live local tensor back so its gradient survives.
-    gathered[dist.get_rank()] = local
+    gathered[dist.get_rank()] = _ScaleGradient.apply(local, float(dist.get_world_size()))
     return torch.cat(gathered)
 
 
@@ -40,8 +59,7 @@ def contrastive_loss(
     Gathered rows stay in rank order, so query j of rank r sits at r*local_queries + j and its positive
     at r*local_passages + j*group_size: the global targets are again i * group size.
     """
-    world_size = distributed_world_size()
-    gather = world_size > 1 and cross_worker_negatives is not False
+    gather = distributed_world_size() > 1 and cross_worker_negatives is not False
     # Scores and softmax in fp32 even under autocast: bf16 logits lose the small margins that matter here.
     with torch.autocast(device_type=q_reps.device.type, enabled=False):
         q_reps, p_reps = q_reps.float(), p_reps.float()
@@ -49,6 +67,4 @@ def contrastive_loss(
             q_reps, p_reps = gather_with_grad(q_reps), gather_with_grad(p_reps)
         scores = q_reps @ p_reps.T / temperature
         loss = F.cross_entropy(scores, contrastive_targets(len(q_reps), len(p_reps), scores.device))
-    # Each worker back-propagates the whole global loss into its own slice, and DDP averages gradients
-    # over workers: scaling by world size makes the sum equal one process's full-batch gradient.
-    return scores, loss * world_size if gather else loss
+    return scores, loss

@@ -1,10 +1,16 @@
-"""Ray Train's per-worker function: train on this worker's shard of the groups, checkpoint, resume."""
+"""Ray Train's per-worker function: train on this worker's shard of the groups, checkpoint, resume exactly.
+
+The loop reads top to bottom on one screen (`train_loop_per_worker`); the distributed, precision, optimizer
+and checkpoint details are the named helpers below it.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -12,111 +18,68 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 import torch
-from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from raytev.data.collate import TrainingCollator
 from raytev.data.feed import iter_training_batches
 from raytev.modeling.dense import DenseModel
-from raytev.modeling.grad_cache import grad_cache_step
-from raytev.modeling.training_step import plain_step, unwrap
+from raytev.modeling.training_step import grad_cache_step, plain_step, unwrap
 from raytev.staging import staged_directory
-from raytev.training.optim import build_optimizer, build_scheduler
 from raytev.training.plan import TrainingPlan, check_resumable
-from raytev.training.progress import LogWindow, format_entry
-from raytev.training.state import (CHECKPOINT_PATTERN, MODEL_DIR, TrainerState, checkpoint_name,
-                                   load_training_state, save_training_state)
+from raytev.training.state import (
+    CHECKPOINT_PATTERN,
+    MODEL_DIR,
+    TrainerState,
+    checkpoint_name,
+    load_training_state,
+    save_training_state,
+)
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Train `config['plan']` on this worker; every rank runs this, rank 0 writes checkpoints and the log."""
     plan: TrainingPlan = config["plan"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    training, seed = plan.training, plan.config.data.seed
+    rank = ray.train.get_context().get_world_rank()
     # Compute threads: the node's cores shared among the workers on it (a CPU reservation only schedules).
-    torch.set_num_threads(plan.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
-    torch.manual_seed(plan.data.seed)
+    torch.set_num_threads(plan.torch_threads or max(1, (os.cpu_count() or 1)
+                                                    // ray.train.get_context().get_local_world_size()))
+    torch.manual_seed(seed)
     device = ray.train.torch.get_device()
-
-    ray_checkpoint = ray.train.get_checkpoint()  # set when Ray restarts workers or restores a run
-    with (ray_checkpoint.as_directory() if ray_checkpoint else nullcontext(plan.resume_from)) as resume_dir:
-        resume_dir = Path(resume_dir) if resume_dir else None
-        model = load_model(plan, resume_dir)
-        model = wrap_for_training(model)
-        optimizer = build_optimizer(unwrap(model), plan.training)
-        scheduler = build_scheduler(optimizer, plan.training, plan.total_steps)
-        scaler = torch.amp.GradScaler(device.type) if plan.precision.fp16 else None
-        state = TrainerState(data_fingerprint=plan.queries.manifest["fingerprint"],
-                             global_batch_size=plan.global_batch_size)
-        if resume_dir is not None:
-            state = load_training_state(resume_dir, optimizer, scheduler, scaler)
-            check_resumable(state, plan, resume_dir)
-            state.log.append({"event": "resumed", "from_step": state.step})
-
-    step_function = plain_step
-    if plan.training.grad_cache:
-        step_function = partial(grad_cache_step, q_chunk_size=plan.training.gc_q_chunk_size,
-                                p_chunk_size=plan.training.gc_p_chunk_size)
-    collator = TrainingCollator.for_table(plan.queries, plan.data)
+    model, optimizer, scheduler, scaler, state = set_up(plan, device)  # from the checkpoint when resuming
+    step_function = choose_step(training)
+    collator = TrainingCollator.for_table(plan.queries, training, seed)
     shard = ray.train.get_dataset_shard("train")
-    # The loss of a cross-worker step is the global loss times world size (see modeling.loss); log the global loss.
-    loss_scale = world_size if plan.training.cross_worker_negatives and world_size > 1 else 1
-    window = LogWindow()
-    bar = progress_bar(plan, rank, initial=state.step)
-    if rank == 0 and state.log and "event" in state.log[-1]:
-        print(format_entry(state.log[-1], plan.total_steps), flush=True)
+    log = TrainingLog(plan, rank)
 
     while state.step < plan.total_steps:
-        batches = iter_training_batches(shard, collator.for_epoch(state.epoch), plan.training.per_device_train_batch_size,
-                                        shuffle_buffer=plan.training.shuffle_buffer_size or None,
-                                        shuffle_seed=plan.data.seed + state.epoch)
-        for index, batch in enumerate(batches):
-            if index < state.step_in_epoch:
-                continue  # done before the checkpoint this run resumed from
-            if index >= plan.steps_per_epoch or state.step >= plan.total_steps:
-                break
+        # The epoch's stream is the same in every run (ordered Ray Data, seeded shuffle): a resumed run reads
+        # past the batches done before its checkpoint and trains on exactly the ones an uninterrupted run would.
+        batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.per_device_train_batch_size,
+                                        steps=plan.steps_per_epoch, skip=state.step_in_epoch,
+                                        shuffle_buffer=training.shuffle_buffer_size or None,
+                                        shuffle_seed=seed + state.epoch)
+        for batch in batches:
             loss = train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan)
             state.step += 1
             state.step_in_epoch += 1
-            window.add(loss.item() / loss_scale, plan.global_batch_size)
-            bar.update(1)
-            if state.step % plan.training.logging_steps == 0 or state.step == plan.total_steps:
-                entry = window.entry(state.step, state.epoch + state.step_in_epoch / plan.steps_per_epoch,
-                                     scheduler.get_last_lr()[0])
-                state.log.append(entry)
-                if rank == 0:
-                    print(format_entry(entry, plan.total_steps), flush=True)
-            if state.step % plan.training.save_steps == 0 or state.step == plan.total_steps:
+            log.add(state, loss, scheduler)
+            if state.step % training.save_steps == 0 or state.step == plan.total_steps:
                 save_checkpoint(plan, state, model, optimizer, scheduler, scaler, rank)
+            if state.step == plan.total_steps:
+                break
         if state.step_in_epoch >= plan.steps_per_epoch:
             state.finish_epoch()
-    bar.close()
-
-
-def wrap_for_training(model: DenseModel) -> torch.nn.Module:
-    """Move the model to this worker's device and wrap it in DDP when there are several workers.
-
-    Unused parameters are expected: BERT's pooler never gets a gradient, and a GradCache chunk of an
-    untied model runs only one of its two encoders.
-    """
-    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-
-
-def load_model(plan: TrainingPlan, resume_dir: Path | None) -> DenseModel:
-    """The model to train: from a checkpoint when resuming, else from the plan's source, with its settings."""
-    return DenseModel.from_pretrained(
-        str(resume_dir / MODEL_DIR) if resume_dir else plan.model_source,
-        pooling=plan.model.pooling, normalize=plan.model.normalize, temperature=plan.model.temperature,
-        untied=plan.model.untie_encoder, query_prefix=plan.data.query_prefix,
-        passage_prefix=plan.data.passage_prefix, cross_worker_negatives=plan.training.cross_worker_negatives,
-        cache_dir=plan.model.cache_dir,
-    )
 
 
 def train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan: TrainingPlan) -> torch.Tensor:
-    """One optimizer step on one batch: forward/backward, unscale and clip, step, schedule."""
+    """One optimizer step on one batch: forward/backward, unscale and clip, step, schedule. Returns the loss on
+    the device (reading it would wait for the device: the log reads it every logging_steps)."""
     model.train()
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-    loss = step_function(model, batch, autocast_dtype=plan.precision.autocast_dtype, scaler=scaler)
+    loss = step_function(model, batch, autocast_dtype=autocast_dtype(plan), scaler=scaler)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if plan.training.max_grad_norm > 0:
@@ -129,6 +92,108 @@ def train_step(model, batch, device, step_function, optimizer, scheduler, scaler
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss
+
+
+def set_up(plan: TrainingPlan, device: torch.device):
+    """(model, optimizer, scheduler, scaler, trainer state): fresh, or restored from the checkpoint to resume."""
+    cross_worker = plan.training.cross_worker_negatives
+    ray_checkpoint = ray.train.get_checkpoint()  # set when Ray restarts workers or restores a run
+    with (ray_checkpoint.as_directory() if ray_checkpoint else nullcontext(plan.resume_from)) as resume_dir:
+        if resume_dir is None:
+            model = DenseModel.from_resolved(plan.model, cross_worker_negatives=cross_worker)
+        else:
+            model = DenseModel.from_pretrained(str(Path(resume_dir) / MODEL_DIR), cross_worker_negatives=cross_worker)
+        model = wrap_for_training(model)
+        optimizer = build_optimizer(unwrap(model), plan.training)
+        scheduler = build_scheduler(optimizer, plan.training, plan.total_steps)
+        scaler = torch.amp.GradScaler(device.type) if plan.config.precision.fp16 else None
+        state = TrainerState(data_fingerprint=plan.queries.manifest["fingerprint"],
+                             global_batch_size=plan.global_batch_size)
+        if resume_dir is not None:
+            state = load_training_state(Path(resume_dir), optimizer, scheduler, scaler)
+            check_resumable(state, plan, str(resume_dir))
+            state.log.append({"event": "resumed", "from_step": state.step})
+    return model, optimizer, scheduler, scaler, state
+
+
+def choose_step(training) -> callable:
+    """The plain full-batch step, or GradCache's chunked one with the configured chunk sizes."""
+    if training.grad_cache:
+        return partial(grad_cache_step, q_chunk_size=training.gc_q_chunk_size, p_chunk_size=training.gc_p_chunk_size)
+    return plain_step
+
+
+def autocast_dtype(plan: TrainingPlan) -> torch.dtype | None:
+    """The dtype forward passes autocast to (--bf16 / --fp16), or None for full precision."""
+    name = plan.config.precision.dtype_name
+    return getattr(torch, name) if name else None
+
+
+def wrap_for_training(model: DenseModel) -> torch.nn.Module:
+    """Move the model to this worker's device and wrap it in DDP when there are several workers.
+
+    Unused parameters are expected: BERT's pooler never gets a gradient, and a GradCache chunk of an
+    untied model runs only one of its two encoders.
+    """
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+
+def build_optimizer(model: torch.nn.Module, training) -> torch.optim.AdamW:
+    """AdamW over the model's parameters; biases and normalization weights get no weight decay (as the HF
+    Trainer, and so Tevatron, set it up)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if name.endswith(NO_DECAY) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": training.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=training.learning_rate)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, training, total_steps: int):
+    """Linear warmup over `warmup_ratio` of the steps, then linear decay to 0."""
+    return get_linear_schedule_with_warmup(optimizer, math.ceil(total_steps * training.warmup_ratio), total_steps)
+
+
+class TrainingLog:
+    """The loss, learning rate and throughput of each logging window: kept in the trainer state, sent to the
+    driver's progress bar, printed with --verbose. The loss stays on the device until a window closes."""
+
+    def __init__(self, plan: TrainingPlan, rank: int):
+        self.plan, self.rank = plan, rank
+        self.verbose = plan.config.cluster.verbose
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started, self.loss_sum, self.steps = time.perf_counter(), None, 0
+
+    def add(self, state: TrainerState, loss: torch.Tensor, scheduler) -> None:
+        """Count one optimizer step; close the window every logging_steps (and at the last step)."""
+        self.loss_sum = loss.detach() if self.loss_sum is None else self.loss_sum + loss.detach()
+        self.steps += 1
+        ends = state.step % self.plan.training.logging_steps == 0 or state.step == self.plan.total_steps
+        entry = None
+        if ends:
+            seconds = time.perf_counter() - self.started
+            entry = {"step": state.step,
+                     "epoch": round(state.epoch + state.step_in_epoch / self.plan.steps_per_epoch, 4),
+                     "loss": round(float(self.loss_sum) / self.steps, 6),  # the one device sync per window
+                     "learning_rate": scheduler.get_last_lr()[0],
+                     "samples_per_second": round(self.steps * self.plan.global_batch_size / max(seconds, 1e-9), 2)}
+            state.log.append(entry)
+            self._reset()
+        if self.rank == 0:
+            if self.plan.progress is not None:
+                self.plan.progress.put_nowait({"step": state.step, **({"loss": entry["loss"]} if entry else {})})
+            if entry is not None and self.verbose:
+                print(format_entry(entry, self.plan.total_steps), flush=True)
+
+
+def format_entry(entry: dict, total_steps: int) -> str:
+    """One human line for a log entry."""
+    if "event" in entry:
+        return " ".join(f"{key} {value}" for key, value in entry.items())
+    return (f"step {entry['step']}/{total_steps}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}  "
+            f"lr {entry['learning_rate']:.2e}  {entry['samples_per_second']:.1f} queries/s")
 
 
 def write_checkpoint(directory: Path, state: TrainerState, model, optimizer, scheduler, scaler) -> None:
@@ -162,17 +227,3 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     checkpoints = sorted(path for path in run_dir.iterdir() if CHECKPOINT_PATTERN.match(path.name))
     for path in checkpoints[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def progress_bar(plan: TrainingPlan, rank: int, initial: int):
-    """A bar over all steps on rank 0 (Ray's bar inside Ray workers, which shows on the driver); else a no-op."""
-    if rank != 0:
-        return tqdm(disable=True)
-    if plan.num_workers == 0:
-        bar = tqdm(total=plan.total_steps, desc="Training", unit=" steps", disable=None)
-    else:
-        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
-
-        bar = ray_tqdm(total=plan.total_steps, desc="Training", unit=" steps")
-    bar.update(initial)
-    return bar

@@ -1,31 +1,40 @@
-"""Everything a training worker needs, decided once on the driver (no Ray)."""
+"""Everything a training worker needs, decided once on the driver (no Ray): the config, the resolved model, the
+prepared data and the step arithmetic."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raytev.args import DataArguments, ModelArguments, PrecisionArguments, TrainingArguments
+from raytev.config.stages import TrainConfig
 from raytev.data.cache import TokenTable
+from raytev.data.model_folder import ResolvedModel
 from raytev.errors import RaytevError
 from raytev.training.state import TrainerState
 
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """The options, the prepared data and the step arithmetic of one training run."""
+    """The config, the model and prepared data, and the step arithmetic of one training run."""
 
-    data: DataArguments
-    model: ModelArguments
-    training: TrainingArguments
-    precision: PrecisionArguments
-    model_source: str  # folder or hub name the model starts from
+    config: TrainConfig
+    model: ResolvedModel  # what the run starts from (a resumed run loads the checkpoint's weights instead)
     queries: TokenTable  # the prepared training groups
-    num_workers: int  # 0: the loop runs in the driver's process
     steps_per_epoch: int
     total_steps: int
     run_dir: str  # where checkpoints live: <storage_path>/<run name>
     torch_threads: int | None = None  # None: the node's cores shared among its workers
     resume_from: str | None = None  # a checkpoint found by the driver; Ray's own restore takes precedence
+    progress: object | None = None  # a ray.util.queue.Queue the driver's progress bar reads (None: no bar)
+
+    @property
+    def training(self):
+        """The training section of the config."""
+        return self.config.training
+
+    @property
+    def num_workers(self) -> int:
+        """Training workers (0: the loop runs in the driver's process)."""
+        return self.config.training.num_workers
 
     @property
     def global_batch_size(self) -> int:
@@ -33,7 +42,7 @@ class TrainingPlan:
         return self.training.per_device_train_batch_size * max(self.num_workers, 1)
 
 
-def step_counts(num_queries: int, training: TrainingArguments) -> tuple[int, int]:
+def step_counts(num_queries: int, training) -> tuple[int, int]:
     """(steps per epoch, total steps): workers get equal shares of the queries; partial batches are dropped."""
     workers = max(training.num_workers, 1)
     steps_per_epoch = num_queries // workers // training.per_device_train_batch_size

@@ -1,39 +1,61 @@
-"""The training log: loss, learning rate and throughput per logging window, and a progress bar (no Ray)."""
+"""The driver's training progress bar, fed by rank 0 through a Ray queue: one bar, wherever the workers run.
+
+Workers' own output stays in Ray's logs (see raytev.cluster.connect); a bar drawn inside a worker would be
+relayed and redrawn by Ray on every later line the driver prints.
+"""
 
 from __future__ import annotations
 
-import time
+import queue as local_queue
+import threading
+
+from raytev.progress import progress_bar
 
 
-class LogWindow:
-    """Accumulates steps between two log lines and turns them into one log entry."""
+class TrainingProgress:
+    """A context: `queue` takes {"step": n[, "loss": x]} from rank 0; a thread moves the bar to match."""
 
-    def __init__(self):
-        self.reset()
+    def __init__(self, total_steps: int, initial_step: int = 0):
+        self.total_steps, self.initial_step = total_steps, initial_step
+        self.queue = None
+        self._stop = threading.Event()
 
-    def reset(self) -> None:
-        """Start a new window now."""
-        self.started = time.perf_counter()
-        self.loss_sum, self.steps, self.samples = 0.0, 0, 0
+    def __enter__(self) -> TrainingProgress:
+        from ray.util.queue import Queue
 
-    def add(self, loss: float, samples: int) -> None:
-        """Count one optimizer step of `samples` queries (all workers) with this loss."""
-        self.loss_sum += loss
-        self.steps += 1
-        self.samples += samples
+        # The queue's actor takes no CPU: it must not wait for one behind the training workers.
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.bar = progress_bar(total=self.total_steps, initial=self.initial_step, desc="Training", unit=" steps")
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="raytev-training-progress")
+        self._thread.start()
+        return self
 
-    def entry(self, step: int, epoch: float, learning_rate: float) -> dict:
-        """The log entry for this window (then a new window starts)."""
-        seconds = time.perf_counter() - self.started
-        entry = {"step": step, "epoch": round(epoch, 4), "loss": round(self.loss_sum / max(self.steps, 1), 6),
-                 "learning_rate": learning_rate, "samples_per_second": round(self.samples / max(seconds, 1e-9), 2)}
-        self.reset()
-        return entry
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._show(self.queue.get(timeout=0.5))
+            except local_queue.Empty:
+                continue
+            except Exception:  # the queue's actor went away with the cluster: nothing more to show
+                return
 
+    def _show(self, update: dict) -> None:
+        self.bar.update(update["step"] - self.bar.n)
+        if "loss" in update:
+            self.bar.set_postfix(loss=f"{update['loss']:.4f}", refresh=False)
 
-def format_entry(entry: dict, total_steps: int) -> str:
-    """One human line for a log entry."""
-    if "event" in entry:
-        return " ".join(f"{key} {value}" for key, value in entry.items())
-    return (f"step {entry['step']}/{total_steps}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}  "
-            f"lr {entry['learning_rate']:.2e}  {entry['samples_per_second']:.1f} queries/s")
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            while not self.queue.empty():
+                self._show(self.queue.get_nowait())
+        except Exception:
+            pass
+        self.bar.close()
+        from ray import kill
+
+        try:
+            kill(self.queue.actor)
+        except Exception:
+            pass

@@ -11,11 +11,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytev.args import DataArguments, ModelArguments, PrecisionArguments, RayArguments, TrainingArguments
-from raytev.bundled import resolve_model_path
+from raytev.config.fields import to_flags
+from raytev.config.stages import TrainConfig
+from raytev.data.model_folder import SETTINGS_FILE, resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
-from raytev.modeling.settings import SETTINGS_FILE
 from raytev.staging import publish_contents
 from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for
 from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state
@@ -38,10 +38,13 @@ class TrainResult:
     log: list[dict]
     resumed_from: int | None
 
-    @property
-    def seconds_per_epoch(self) -> float | None:
-        """Wall-clock seconds per epoch of this run (preparation and export included)."""
-        return self.seconds / self.epochs if self.epochs else None
+    def summary(self) -> str:
+        """What `raytev train` prints: steps, time, the loss from first to last log entry, where the model is."""
+        losses = [entry["loss"] for entry in self.log if "loss" in entry]
+        resumed = f", resumed from step {self.resumed_from}" if self.resumed_from is not None else ""
+        loss = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+        return (f"trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s{resumed}{loss}; "
+                f"model saved to {self.output_dir}")
 
 
 def checkpoint_location(output_dir: Path, storage_path: str | None) -> tuple[str, str]:
@@ -57,24 +60,21 @@ def is_local(storage_path: str) -> bool:
     return "://" not in storage_path or storage_path.startswith("file://")
 
 
-def train(data: DataArguments, model: ModelArguments, training: TrainingArguments, precision: PrecisionArguments,
-          cluster: RayArguments) -> TrainResult:
-    """Fine-tune a dense retriever on Ray Train and save it to `training.output_dir`."""
+def train(config: TrainConfig) -> TrainResult:
+    """Fine-tune a dense retriever on Ray Train and save it to `config.output_dir`."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from raytev.cluster import connect, cpus_per_worker
-    from raytev.data.feed import training_dataset
+    from raytev.data.feed import ordered_ingest, training_dataset
     from raytev.training.loop import train_loop_per_worker
+    from raytev.training.progress import TrainingProgress
 
     started = time.perf_counter()
-    if not training.output_dir:
-        raise RaytevError("pass --output_dir: the folder the trained model is saved to.")
-    if not model.model_name_or_path:
-        raise RaytevError("pass --model_name_or_path: the model (folder or Hugging Face name) to fine-tune.")
-    output_dir = Path(training.output_dir).expanduser().resolve()
-    model_source = resolve_model_path(model.model_name_or_path)
-    prepared = prepare_data(data, dataclasses.replace(model, model_name_or_path=model_source))
+    training, cluster = config.training, config.cluster
+    output_dir = Path(config.output_dir).expanduser().resolve()
+    model = resolve_model(config.model, config.text, config.precision)
+    prepared = prepare_data(config.data, model)
 
     steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training)
     storage_path, run_name = checkpoint_location(output_dir, training.storage_path)
@@ -84,8 +84,7 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
     if training.overwrite_output_dir:
         clear_previous_run(output_dir, run_dir, storage_path, run_name)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
-    plan = TrainingPlan(data, model, training, precision, model_source, prepared.queries, training.num_workers,
-                        steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
+    plan = TrainingPlan(config, model, prepared.queries, steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
                         torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None)
     if resume_from is not None:
         previous = read_trainer_state(resume_from)
@@ -95,36 +94,34 @@ def train(data: DataArguments, model: ModelArguments, training: TrainingArgument
                               f"{total_steps}): nothing to do. Use --overwrite_output_dir to train again from the "
                               "start, or ask for more steps or epochs to continue it.")
 
-    connect(cluster.address)
-    dataset = training_dataset(prepared.queries, data.train_group_size)
+    connect(cluster.address, cluster.verbose)
+    dataset = training_dataset(prepared.queries, training.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
     cpus = cpus_per_worker(training.num_workers, cluster.use_gpu, training.cpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"plan": plan},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=training.num_workers, use_gpu=cluster.use_gpu,
-            resources_per_worker={"CPU": cpus} if cpus is not None else None),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
-        datasets={"train": dataset},
-    )
-    try:
-        result = trainer.fit()
-    except ray.train.WorkerGroupError as error:
-        raise_user_error_of(error)
-        raise
+    with TrainingProgress(total_steps, previous.step if resume_from else 0) as progress:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"plan": dataclasses.replace(plan, progress=progress.queue)},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=training.num_workers, use_gpu=cluster.use_gpu,
+                resources_per_worker={"CPU": cpus} if cpus is not None else None),
+            run_config=ray.train.RunConfig(
+                name=run_name, storage_path=storage_path,
+                failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
+            datasets={"train": dataset}, dataset_config=ordered_ingest(),
+        )
+        try:
+            result = trainer.fit()
+        except ray.train.WorkerGroupError as error:
+            raise_user_error_of(error)
+            raise
     if result.checkpoint is None:
         raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
     with result.checkpoint.as_directory() as final:
         state = read_trainer_state(Path(final))
-        export_model(Path(final), output_dir, prepared.tokenizer_dir, state.log,
-                     {"data": dataclasses.asdict(data), "model": dataclasses.asdict(model),
-                      "training": dataclasses.asdict(training), "precision": dataclasses.asdict(precision),
-                      "ray": dataclasses.asdict(cluster)})
+        export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config))
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
                        state.log, resumes[0] if resumes else None)
@@ -140,7 +137,8 @@ def raise_user_error_of(error) -> None:
 
 def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
                  arguments: dict) -> None:
-    """Put the checkpoint's model, the tokenizer, the log and the arguments at the top of output_dir.
+    """Put the checkpoint's model, the tokenizer, the log and the flags (training_args.json, which `raytev train`
+    accepts back as its JSON-file form) at the top of output_dir.
 
     raytev_model.json moves in last, so a folder that has it holds a complete model.
     """

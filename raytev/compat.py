@@ -1,0 +1,142 @@
+"""Every call into a private API of Ray, Hugging Face or datasets, in one place: why each is needed, and the
+version it was checked on. When an upgrade moves one, it fails here with a message saying what to do.
+
+Nothing else in raytev (or its tests) imports a `_private` module or reads a library's internal files.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from raytev.errors import RaytevError
+
+# The versions these calls were written and tested against (major.minor).
+CHECKED_ON = {"ray": "2.60", "transformers": "5.24", "datasets": "5.2"}
+
+
+def installed_version(package: str) -> str:
+    """The installed version of a package ('' when absent)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def private(package: str, what: str) -> Callable:
+    """Mark a function as a private-API call into `package`: a different minor version warns once, and a failure
+    of the call's imports or attributes becomes a RaytevError naming the versions."""
+    def wrap(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            installed = installed_version(package)
+            _warn_if_untested(package, installed)
+            try:
+                return function(*args, **kwargs)
+            except (ImportError, AttributeError, TypeError) as error:
+                raise RaytevError(
+                    f"raytev uses {package}'s private {what}, checked on {package} {CHECKED_ON[package]}; the "
+                    f"installed {package} {installed} changed it ({type(error).__name__}: {error}). Install "
+                    f"{package}=={CHECKED_ON[package]}.* or a raytev release made for {package} {installed}.") \
+                    from error
+        return call
+    return wrap
+
+
+@functools.cache
+def _warn_if_untested(package: str, installed: str) -> None:
+    if installed and ".".join(installed.split(".")[:2]) != CHECKED_ON[package]:
+        warnings.warn(f"raytev's calls into {package} internals were checked on {package} {CHECKED_ON[package]}; "
+                      f"{installed} is installed (see raytev/compat.py if something fails).", stacklevel=3)
+
+
+@private("ray", "ray._raylet.Config.initialize")
+def reload_ray_settings() -> None:
+    """Make Ray read its settings from the environment again.
+
+    Ray reads RAY_AUTH_MODE once, when it is imported; a Ray client that turns token authentication on
+    afterwards (raytev.cluster.connect) needs Ray to read it again. No public API re-reads it.
+    """
+    import ray
+
+    ray._raylet.Config.initialize("")
+
+
+@private("ray", "the logger of ray._private.authentication.authentication_token_setup")
+def quiet_token_notice() -> None:
+    """Silence the warning a local Ray prints when it turns token authentication on by itself (Ray 2.59+): true,
+    but noise for every raytev command that starts Ray on a laptop; clusters set RAY_AUTH_MODE themselves."""
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+@private("ray", "ray.serve._private.api.serve_start")
+def serve_controller(http_options: dict, proxy_location):
+    """Serve's controller client, started if need be, through which a whole Serve config is applied.
+
+    Serve's public Python API deploys Application objects only, and each serve.run restarts every replica; a
+    config goes through the controller's apply_config (as `serve run <config>` and `serve deploy` do), so that a
+    change of user_config alone reconfigures replicas in place: the hot swap.
+    """
+    from ray.serve._private import api
+
+    return api.serve_start(http_options=http_options, proxy_location=proxy_location)
+
+
+@private("ray", "ray.autoscaler._private.util.prepare_config / validate_config")
+def launcher_config_checks() -> tuple[Callable, Callable]:
+    """(prepare_config, validate_config): what `ray up` runs on a cluster YAML before it touches a cloud.
+
+    Ray has no public dry run of a cluster config; these two functions are its schema and default merging.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    return prepare_config, validate_config
+
+
+@private("ray", "ray._private.accelerators.TPUAcceleratorManager")
+def is_valid_tpu_type(accelerator_type: str) -> bool:
+    """Whether Ray accepts a TPU accelerator type such as v4-8 (its GCP provider checks this at `ray up`)."""
+    from ray._private.accelerators import TPUAcceleratorManager
+
+    return TPUAcceleratorManager.is_valid_tpu_accelerator_type(accelerator_type)
+
+
+@private("ray", "Ray Train v2's checkpoint_manager_snapshot.json")
+def registered_checkpoint(run_dir: str | Path) -> str | None:
+    """The folder name of the checkpoint Ray Train has registered for a run (what a restart resumes from).
+
+    A checkpoint's files land before Ray registers it, so files on disk do not say whether a restart would use
+    them; Ray Train v2 keeps its registry in this file (rewritten in place: a read can catch it half-written,
+    which counts as none yet).
+    """
+    try:
+        latest = json.loads((Path(run_dir) / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None
+    result = latest.get("latest_checkpoint_result")
+    return result["checkpoint_dir_name"] if result else None
+
+
+@private("transformers", "transformers.utils.cached_file(_raise_exceptions_for_*)")
+def cached_hub_file(name: str, filename: str, cache_dir: str | None = None) -> str | None:
+    """A file of a hub model through transformers' cache, or None when the repo lacks it or the hub is unreachable.
+
+    The public hf_hub_download raises on both; transformers' own lookup of optional files has these switches.
+    """
+    from transformers.utils import cached_file
+
+    return cached_file(name, filename, cache_dir=cache_dir, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+
+
+@private("datasets", "datasets.Dataset._fingerprint")
+def dataset_fingerprint(dataset) -> str:
+    """The content hash datasets keeps for a loaded dataset: raytev's cache key for a hub dataset, without
+    hashing its rows again."""
+    return dataset._fingerprint

@@ -1,0 +1,1 @@
+"""Options: shared sections, each stage's config and the stage registry (no heavy imports: the CLI starts here)."""

@@ -1,0 +1,153 @@
+"""The ingress deployment: HTTP in, query encoder and index shards called, their top-k merged, JSON out, and the
+corpus whose titles and texts come back with the hits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+from raytev.bundled import bundled_dataset_path
+from raytev.data.reading import read_passages
+from raytev.data.sources import RecordFiles, expand_paths, find_beir_layout
+from raytev.errors import ProblemLog, RaytevError
+from raytev.serving.agreed_versions import AgreedVersions, SwapInProgress, choose_versions
+from raytev.serving.front import front_of_this_process
+from raytev.serving.http import make_api
+from raytev.serving.parts import merge_shard_hits
+from raytev.serving.replica import EncodeCall, SearchCall, Swapper, version_key
+from raytev.serving.validation import Limits, RequestError, SearchQuery, check_dimension
+
+ATTEMPTS = 4  # a request whose version was released meanwhile is answered again with freshly agreed versions
+REFRESH_S = 0.2  # at most this often, the agreed versions follow replicas that report a newer current version
+
+
+def corpus_files(corpus: str) -> tuple[Path, ...]:
+    """The files of a corpus: a bundled dataset name, a BEIR folder, or JSONL/TSV files (a glob)."""
+    folder = bundled_dataset_path(corpus) or (Path(corpus).expanduser() if Path(corpus).expanduser().is_dir()
+                                               else None)
+    if folder is not None:
+        layout = find_beir_layout(folder)
+        if layout is None:
+            raise RaytevError(f"{folder} is a folder but not a BEIR one (corpus.jsonl[.gz], queries.jsonl, qrels/): "
+                              "give the corpus file itself.")
+        return (layout["corpus"],)
+    return expand_paths(corpus)
+
+
+def corpus_texts(corpus: str) -> dict[str, tuple[str, str]]:
+    """docid -> (title, text) of a corpus (see corpus_files for what it may name)."""
+    problems = ProblemLog()
+    passages = read_passages(RecordFiles("corpus", corpus_files(corpus)), problems)
+    problems.raise_if_any()
+    return {docid: (passage.title, passage.text) for docid, passage in passages.items()}
+
+
+def load_corpus(user_config: dict) -> tuple[str | None, dict[str, tuple[str, str]] | None]:
+    """(the corpus named, docid -> (title, text)); (None, None) when the service returns no texts."""
+    corpus = user_config.get("corpus")
+    return (corpus, corpus_texts(corpus)) if corpus else (None, None)
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    """Routes of make_api over the shards (in row order) and the query encoder (None: vectors only)."""
+
+    def __init__(self, shards: list, encoder, limits: dict, token_sha256: str | None = None):
+        self.shards, self.encoder = shards, encoder
+        self.limits, self.token_sha256 = Limits(**limits), token_sha256
+        self.text_queries = encoder is not None
+        self.corpora: Swapper[tuple[str | None, dict | None]] = Swapper(load_corpus, "corpus")
+        self.agreed: AgreedVersions | None = None
+        self._views: list[dict] = []
+        self.checked_at = 0.0
+
+    def __serve_build_asgi_app__(self):
+        """The FastAPI app, built in the replica so that it holds this replica's settings."""
+        return make_api(self, self.limits, self.token_sha256)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Load a new corpus (in the background once serving)."""
+        await self.corpora.configure(version_key(user_config), user_config)
+
+    async def search(self, query: SearchQuery) -> list[list[dict]]:
+        """Hits per query from one index version (and the model it was built for) on every shard."""
+        for attempt in range(ATTEMPTS):
+            try:
+                agreed = self.agreed or await self._agree()
+            except SwapInProgress:
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            check_dimension(query, agreed.dim)
+            vectors, model_current = query.vectors, None
+            if query.texts is not None:
+                encoded = await self.encoder.encode.remote(EncodeCall(query.texts, agreed.model_key))
+                if encoded.version is None:
+                    self.agreed = None
+                    continue
+                vectors, model_current = encoded.vectors, encoded.current
+                if vectors.shape[1] != agreed.dim:
+                    raise RequestError(500, f"the query model gives {vectors.shape[1]}-dimensional vectors but the "
+                                            f"index holds {agreed.dim}-dimensional ones: serve the model the index "
+                                            "was encoded with.")
+            answers = await asyncio.gather(*(shard.search.remote(SearchCall(vectors, query.k, agreed.index_key))
+                                             for shard in self.shards))
+            if any(answer.version is None for answer in answers):
+                self.agreed = None
+                continue
+            newer = any(answer.current != agreed.index_key for answer in answers) or \
+                (model_current is not None and model_current != agreed.model_key)
+            if newer and time.monotonic() - self.checked_at > REFRESH_S:
+                self.agreed = None  # a replica switched: the next request looks for a newer common version
+            scores, docids = merge_shard_hits([(answer.scores, answer.docids) for answer in answers], query.k)
+            return self._hits(scores, docids)
+        raise RequestError(503, "the index is being swapped and no version was held everywhere; retry.")
+
+    async def info(self) -> dict:
+        """What is served now, with the last failed swaps."""
+        try:
+            agreed = await self._agree()
+        except SwapInProgress as error:
+            raise RequestError(503, f"{error}; retry.") from None
+        errors = [view["error"] for view in self._views if view.get("error")]
+        corpus = self.corpora.versions.get()
+        return {"model": agreed.model, "dim": agreed.dim, "ntotal": agreed.ntotal, "shards": len(self.shards),
+                "index_type": agreed.spec, "index": agreed.index, "corpus": corpus[1][0] if corpus else None,
+                "text_queries": self.text_queries, "http_front": front_of_this_process(),
+                "shard_parts": [{"shard": part["shard"], "rows": part["rows"], "ntotal": part["ntotal"],
+                                 "batches": view["batches"], "requests": view["requests"],
+                                 "search_seconds": view["search_seconds"]}
+                                for part, view in zip(agreed.shards, self._views)],
+                "swap_errors": errors + ([self.corpora.error] if self.corpora.error else [])}
+
+    async def _agree(self) -> AgreedVersions:
+        """Ask every shard (and the encoder) what they hold and choose the versions to answer from."""
+        calls = [shard.describe.remote() for shard in self.shards]
+        if self.encoder is not None:
+            calls.append(self.encoder.describe.remote())
+        views = await asyncio.gather(*calls)
+        self._views = views
+        self.agreed = choose_versions(views[:len(self.shards)], views[-1] if self.encoder is not None else None)
+        self.checked_at = time.monotonic()
+        return self.agreed
+
+    def _hits(self, scores: np.ndarray, docids: np.ndarray) -> list[list[dict]]:
+        corpus = self.corpora.versions.get()
+        passages = corpus[1][1] if corpus else None
+        results = []
+        for row_scores, row_docids in zip(scores.tolist(), docids.tolist()):
+            hits = []
+            for score, docid in zip(row_scores, row_docids):
+                if docid is None:
+                    break  # misses come last
+                hit = {"docid": docid, "score": score}
+                if passages is not None:
+                    title, text = passages.get(docid, (None, None))
+                    hit["title"], hit["text"] = title, text
+                hits.append(hit)
+            results.append(hits)
+        return results

@@ -1,0 +1,87 @@
+"""The index-shard deployment: one part of the index (parts.py), concurrent searches answered in one FAISS call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from ray import serve
+
+from raytev.index.dense_index import DenseIndex
+from raytev.index.search import search
+from raytev.serving.app import MODEL_TAG
+from raytev.serving.parts import load_part
+from raytev.serving.replica import SearchAnswer, SearchCall, VersionedBatchReplica, split_rows, version_key
+
+
+@dataclass
+class ShardPart:
+    """A loaded part and what it answers for: the model its index was encoded with (the config's tag)."""
+
+    index: DenseIndex
+    location: str
+    model: str
+    rows: tuple[int, int] | None  # global rows [low, high); None for one folder per shard
+
+
+@serve.deployment(name="IndexShard")
+class IndexShard(VersionedBatchReplica[ShardPart, SearchCall, SearchAnswer]):
+    """Shard `shard` of `num_shards`: loads its rows of the index its user_config names and searches them."""
+
+    answer_type = SearchAnswer
+    labels = frozenset({MODEL_TAG})  # changing only the tag relabels the part held, without reloading it
+
+    def __init__(self, shard: int, num_shards: int):
+        self.shard, self.num_shards = shard, num_shards
+        self.search_parameters = ""
+        self.search_seconds = 0.0  # time inside FAISS searches: the rest of a request's latency is serving
+        super().__init__(f"index shard {shard}")
+
+    def load(self, user_config: dict) -> ShardPart:
+        """This shard's rows of the index the user_config names."""
+        index, rows = load_part(user_config["index"], self.shard, self.num_shards)
+        return ShardPart(index, user_config["index"], user_config.get(MODEL_TAG) or "", rows)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Apply batching and search settings now; load a new index (in the background once serving)."""
+        self.search_parameters = user_config.get("search_parameters", "")
+        await super().reconfigure(user_config)
+        key, model = version_key(user_config, self.labels), user_config.get(MODEL_TAG) or ""
+        held = self.held.versions.get(key)
+        if held is not None and held[1].model != model:  # the same index, now said to be for another model
+            self.held.versions.replace(key, replace(held[1], model=model))
+
+    def describe_version(self, part: ShardPart) -> dict:
+        """The part's size, type, location, model tag and rows."""
+        return {"model": part.model, "dim": part.index.info.dim, "ntotal": part.index.faiss_index.ntotal,
+                "spec": part.index.info.spec, "index": part.location, "index_model": part.index.info.model,
+                "shard": self.shard, "rows": list(part.rows) if part.rows else None}
+
+    async def describe(self) -> dict:
+        """The parts held (current first), the last failed swap, and the searches run."""
+        return {**await super().describe(), "shard": self.shard, "search_seconds": round(self.search_seconds, 6)}
+
+    async def search(self, call: SearchCall) -> SearchAnswer:
+        """One request's hits on this shard (what the ingress calls)."""
+        return await self.answer(call)
+
+    def group_of(self, call: SearchCall) -> Hashable:
+        """Calls with the same k share one FAISS search."""
+        return call.k
+
+    async def run_group(self, key: str, current: str | None, part: ShardPart,
+                        calls: list[SearchCall]) -> list[SearchAnswer]:
+        """The calls' vectors searched together."""
+        vectors = np.concatenate([call.vectors for call in calls])
+        # In a thread: FAISS releases the GIL, so the replica keeps taking requests meanwhile (one search at a
+        # time: the BatchRunner waits for it).
+        started = time.perf_counter()
+        scores, docids = await asyncio.to_thread(search, part.index, vectors, calls[0].k,
+                                                 search_parameters=self.search_parameters)
+        self.search_seconds += time.perf_counter() - started
+        sizes = [len(call.vectors) for call in calls]
+        return [SearchAnswer(key, current, part_scores, part_docids)
+                for part_scores, part_docids in zip(split_rows(scores, sizes), split_rows(docids, sizes))]

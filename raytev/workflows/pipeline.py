@@ -1,0 +1,89 @@
+"""`raytev pipeline`: optional training, then encode, index, search and evaluate, every output under one folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raytev.config.stages import PipelineConfig, TrainConfig
+from raytev.data.model_folder import resolve_model
+from raytev.data.qrels import read_qrels
+from raytev.data.runs import read_run
+from raytev.data.sources import resolve_source
+from raytev.errors import ProblemLog, RaytevError
+from raytev.eval.metrics import Evaluation, evaluate_run, format_json, format_table
+from raytev.staging import staged_file
+from raytev.workflows.retrieval import StageTiming, finished, retrieve
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class PipelineResult:
+    """The metrics, where everything went, and how long each stage took."""
+
+    output_dir: Path
+    model: str
+    metrics: Evaluation
+    stages: list[StageTiming]
+    title: str = ""
+
+    def stage_table(self) -> str:
+        """Stage timings as aligned text lines."""
+        width = max(len(stage.name) for stage in self.stages)
+        return "\n".join(f"  {stage.name:<{width}}  {stage.seconds:>8.1f} s  {stage.detail}" for stage in self.stages)
+
+    def summary(self) -> str:
+        """What `raytev pipeline` prints: the metrics table and where they were written (the stages printed their
+        own lines as they finished)."""
+        return f"{format_table(self.metrics, title=self.title)}\nmetrics written to {self.output_dir / METRICS_FILE}"
+
+
+def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) -> PipelineResult:
+    """[Train on --train_split, then] evaluate the model on --split of a BEIR folder or bundled dataset.
+
+    `corpus_embeddings`: a folder of passage embeddings of the same model to reuse (or fill) instead of
+    output_dir/corpus_embeddings.
+    """
+    output_dir = Path(config.output_dir).expanduser().resolve()
+    data = config.data
+    qrels_path = resolve_source(data).qrels
+    if qrels_path is None:
+        raise RaytevError("the pipeline evaluates against qrels: give a BEIR folder or a bundled dataset "
+                          "(--dataset_name scifact) and its --split.")
+    stages: list[StageTiming] = []
+    model_section = config.model
+    if config.do_train:
+        from raytev.training.trainer import train
+
+        model_dir = output_dir / "model"
+        result = train(TrainConfig(output_dir=str(model_dir), data=dataclasses.replace(data, dataset_split=config.train_split),
+                                   model=config.model, text=config.text, training=config.training,
+                                   precision=config.precision, cluster=config.cluster))
+        finished(stages, "train", result.seconds, f"{result.steps} steps, {result.epochs:.2f} epochs")
+        model_section = dataclasses.replace(config.model, model_name_or_path=str(model_dir))
+    model = resolve_model(model_section, config.text, config.precision)
+
+    # Evaluation needs the split's queries, not training negatives for them.
+    evaluation = dataclasses.replace(config, model=model_section, data=dataclasses.replace(data, num_negatives=0))
+    outputs = retrieve(evaluation, model, output_dir, corpus_embeddings=corpus_embeddings)
+    stages += outputs.stages
+
+    started = time.perf_counter()
+    problems = ProblemLog()
+    run, qrels = read_run(outputs.run, problems), read_qrels(qrels_path, problems)
+    problems.raise_if_any()
+    metrics = evaluate_run(run, qrels)
+    write_metrics(output_dir / METRICS_FILE, metrics)
+    finished(stages, "evaluate", time.perf_counter() - started, f"{metrics.queries} queries against {qrels_path.name}")
+    return PipelineResult(output_dir, model_section.model_name_or_path, metrics, stages,
+                          title=f"{model_section.model_name_or_path} on {data.dataset_name or data.dataset_path} "
+                                f"{data.dataset_split}")
+
+
+def write_metrics(path: Path, metrics: Evaluation) -> None:
+    """metrics.json, the same keys as `raytev eval --json` (via a temporary name)."""
+    with staged_file(path) as temporary:
+        temporary.write_text(format_json(metrics) + "\n")
