@@ -35,7 +35,7 @@ def wait_for_info(url: str, process: subprocess.Popen, log, timeout: float = 240
             answer = requests.get(f"{url}/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
             if answer.status_code == 200:
                 return answer.json()
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # HAProxy accepts before the ingress is ready
             pass
         time.sleep(1)
     pytest.fail("raytev serve did not answer in time")
