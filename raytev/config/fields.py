@@ -88,7 +88,8 @@ def flag_type(config_class: type, field: Field) -> tuple[type, bool]:
     return annotation, False
 
 
-def _section_class_of(config_class: type, path: tuple[str, ...]) -> type:
+def section_at(config_class: type, path: tuple[str, ...]) -> type:
+    """The section class at `path` (as flag_fields gives it) inside a config class; the class itself for ()."""
     for name in path:
         config_class = next(f for f in dataclasses.fields(config_class) if f.name == name).metadata["section"]
     return config_class
@@ -114,7 +115,7 @@ def from_flags(config_class: type, values: dict, source: str):
         listing = "\n".join(f"  --{name}: {flags[name][1].metadata['help']}" for name in missing)
         raise RaytevError(f"{source}: missing required flag{'s' if len(missing) > 1 else ''}:\n{listing}")
     for name, value in named.items():
-        _check_type(name, value, *flag_type(_section_class_of(config_class, flags[name][0]), flags[name][1]), source)
+        _check_type(name, value, *flag_type(section_at(config_class, flags[name][0]), flags[name][1]), source)
     return _build(config_class, (), flags, named)
 
 

@@ -9,11 +9,10 @@ keys. Required flags and every value are checked by `from_flags`, the one place 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from raytev.config.fields import flag_fields, flag_type, from_flags, is_required
+from raytev.config.fields import flag_fields, flag_type, from_flags, is_required, section_at
 from raytev.errors import RaytevError
 
 TRUE_WORDS, FALSE_WORDS = {"true", "yes", "1", "y"}, {"false", "no", "0", "n"}
@@ -39,11 +38,11 @@ def build_parser(config_class: type, prog: str, description: str) -> argparse.Ar
     # The stage's own flags first, then each section's.
     for name, (path, field) in sorted(flag_fields(config_class).items(), key=lambda item: item[1][0] != ()):
         if path not in groups:
-            owner = _section_at(config_class, path)
+            owner = section_at(config_class, path)
             title = f"{prog} options" if not path else f"{path[-1]} ({owner.__name__})"
             groups[path] = parser.add_argument_group(title, None if not path else owner.__doc__)
         group = groups[path]
-        kind, _ = flag_type(_section_at(config_class, path), field)
+        kind, _ = flag_type(section_at(config_class, path), field)
         names = [f"--{name}", *(f"--{alias}" for alias in field.metadata["aliases"])]
         help_text = field.metadata["help"]
         help_text += " (required)" if is_required(field) else f" (default: {field.default})"
@@ -56,12 +55,6 @@ def build_parser(config_class: type, prog: str, description: str) -> argparse.Ar
         else:
             group.add_argument(*names, dest=name, type=kind, choices=field.metadata["choices"], help=help_text)
     return parser
-
-
-def _section_at(config_class: type, path: tuple[str, ...]) -> type:
-    for name in path:
-        config_class = next(f for f in dataclasses.fields(config_class) if f.name == name).metadata["section"]
-    return config_class
 
 
 def parse_flags(config_class: type, argv: list[str], prog: str, description: str = ""):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytev.bundled import resolve_model_path
+from raytev.config.sections import TextSection
 from raytev.errors import RaytevError
 
 SETTINGS_FILE = "raytev_model.json"
@@ -277,20 +278,18 @@ def resolve_model(model, text=None, precision=None) -> ResolvedModel:
 
     Lengths: the flag, else a sentence-transformers model's max_seq_length, else Tevatron's 32 / 128.
     """
+    text = text or TextSection()  # no text flags: every length and prompt is the model's own
     path = resolve_model_path(model.model_name_or_path)
     check_model_source(path)
     overrides = {"pooling": model.pooling, "normalize": model.normalize, "temperature": model.temperature,
-                 "untied": model.untie_encoder,
-                 "query_prefix": text.query_prefix if text is not None else None,
-                 "passage_prefix": text.passage_prefix if text is not None else None}
+                 "untied": model.untie_encoder, "query_prefix": text.query_prefix,
+                 "passage_prefix": text.passage_prefix}
     settings = resolve_settings(path, overrides, model.cache_dir)
     own_length = model_max_seq_length(path, model.cache_dir)
-    query_max_len = text.query_max_len if text is not None else None
-    passage_max_len = text.passage_max_len if text is not None else None
     return ResolvedModel(
         name=model.model_name_or_path, path=path, settings=settings,
         tokenizer_dir=tokenizer_dir(model.tokenizer_name or path, model.cache_dir),
-        query_max_len=query_max_len or own_length or DEFAULT_QUERY_MAX_LEN,
-        passage_max_len=passage_max_len or own_length or DEFAULT_PASSAGE_MAX_LEN,
-        append_eos_token=bool(text.append_eos_token) if text is not None else False,
+        query_max_len=text.query_max_len or own_length or DEFAULT_QUERY_MAX_LEN,
+        passage_max_len=text.passage_max_len or own_length or DEFAULT_PASSAGE_MAX_LEN,
+        append_eos_token=text.append_eos_token,
         dtype=precision.dtype_name if precision is not None else None, cache_dir=model.cache_dir)
