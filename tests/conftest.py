@@ -14,6 +14,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Four CPU devices for JAX in the test process (the sharding tests split batches over them); processes raytev
+# starts (Train workers, encoding actors) set their own count from --jax_cpu_devices.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
+# XLA's CPU compiler at its lowest optimization level: half the compile time, and tiny models run fast anyway.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 from helpers import make_tiny_beir, write_tiny_tokenizer  # noqa: E402 - after the environment above
 

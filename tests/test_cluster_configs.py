@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -71,8 +72,10 @@ def ray_documents(path: Path) -> list[dict]:
     return [doc for doc in load_documents(path) if str(doc.get("apiVersion", "")).startswith("ray.io/")]
 
 
-def kuberay(kind: str) -> dict:
-    return next(doc for path in KUBERAY_FILES for doc in ray_documents(path) if doc["kind"] == kind)
+def kuberay(kind: str, name: str | None = None) -> dict:
+    """The first manifest of a kind, or the one in clusters/kuberay/<name>."""
+    paths = [ROOT / "clusters" / "kuberay" / name] if name else KUBERAY_FILES
+    return next(doc for path in paths for doc in ray_documents(path) if doc["kind"] == kind)
 
 
 def cluster_spec(manifest: dict) -> dict:
@@ -84,8 +87,10 @@ def cluster_spec(manifest: dict) -> dict:
 
 def test_the_cluster_files_exist():
     assert {path.name for path in LAUNCHER_FILES} >= {"aws-gpu.yaml", "gcp-gpu.yaml", "gcp-tpu.yaml"}
+    assert {path.name for path in KUBERAY_FILES} >= {"rayjob-train.yaml", "rayjob-train-tpu.yaml"}
     assert {doc["kind"] for path in KUBERAY_FILES for doc in ray_documents(path)} == {"RayCluster", "RayJob",
                                                                                       "RayService"}
+    assert {path.name for path in RECIPES} >= {"nq_dpr.sh", "nq_dpr_tpu.sh"}
 
 
 @pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda path: path.name)
@@ -292,7 +297,7 @@ def run_recipe(path: Path, tmp_path: Path, **env) -> list[list[str]]:
     record = tmp_path / f"{path.stem}.calls"
     record.unlink(missing_ok=True)
     # The caller's own settings (RAYTEV_STORAGE, STAGES, ...) would change what the recipes submit.
-    ignored = RECIPE_ENV.keys() | {"STAGES", "NUM_GPUS", "TRAIN_GPUS"}
+    ignored = RECIPE_ENV.keys() | {"STAGES", "NUM_GPUS", "TRAIN_GPUS", "TPU_HOSTS"}
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith(("RAYTEV_", "RAY_")) and key not in ignored}
     environment.update(PATH=f"{bin_dir}:{os.environ['PATH']}", RAYTEV_RECORD=str(record), **RECIPE_ENV, **env)
@@ -352,7 +357,9 @@ def test_recipes_submit_commands_raytev_parses(path, tmp_path):
             if values[flag] is not None:
                 assert values[flag].startswith(f"{SHARED}/"), f"{path.name}: raytev {name} --{flag} {values[flag]}"
         if name == "train":
-            assert values["storage_path"] == f"{SHARED}/raytev/checkpoints" and values["use_gpu"]
+            assert values["storage_path"] == f"{SHARED}/raytev/checkpoints"
+        if name in ("train", "encode"):  # on accelerators: GPUs with torch, or TPUs with the JAX backend
+            assert values["use_gpu"] or (values["use_tpu"] and values["backend"] == "jax"), (path.name, name)
 
 
 def test_the_stage_recipes_cover_every_stage(tmp_path):
@@ -421,7 +428,76 @@ def test_cocondenser_recipe_mines_then_trains_again_from_the_checkpoint(tmp_path
 
 def test_the_rayjob_trains_as_the_msmarco_recipe_does(tmp_path):
     [recipe] = commands_of("msmarco_bert_base.sh", tmp_path, STAGES="train")["train"]
-    assert parse_raytev(shlex.split(kuberay("RayJob")["spec"]["entrypoint"])) == ("train", recipe)
+    entrypoint = kuberay("RayJob", "rayjob-train.yaml")["spec"]["entrypoint"]
+    assert parse_raytev(shlex.split(entrypoint)) == ("train", recipe)
+
+
+def test_nq_tpu_recipe_is_the_papers_tpu_setup(tmp_path):
+    commands = commands_of("nq_dpr_tpu.sh", tmp_path)
+    assert set(commands) == {"train", "encode", "index", "search", "eval"}
+    [train] = commands["train"]
+    assert (train["backend"], train["use_tpu"], train["bf16"]) == ("jax", True, True)
+    assert not (train["use_gpu"] or train["fp16"] or train["grad_cache"])
+    # One TPU host (a v3-8 or v4-8) with the whole global batch of 128 questions.
+    assert (train["num_workers"], train["per_device_train_batch_size"]) == (1, 128)
+    assert (train["model_name_or_path"], train["dataset_name"]) == ("bert-base-uncased", "Tevatron/wikipedia-nq")
+    assert (train["train_group_size"], train["positive_passage_no_shuffle"], train["learning_rate"]) == (2, True, 1e-5)
+    assert (train["query_max_len"], train["passage_max_len"], train["num_train_epochs"]) == (32, 156, 40)
+    corpus, queries = commands["encode"]
+    assert all((run["backend"], run["use_tpu"], run["model_name_or_path"]) == ("jax", True, train["output_dir"])
+               for run in (corpus, queries))
+    assert corpus["passage_max_len"] == 128 and queries["query_max_len"] == 32 and queries["encode_is_query"]
+    assert corpus["num_actors"] == 1 and commands_of("nq_dpr_tpu.sh", tmp_path, TPU_HOSTS="4",
+                                                     STAGES="encode")["encode"][0]["num_actors"] == 4
+    # Index, search and evaluation are the GPU recipe's, on this run's outputs.
+    gpu = commands_of("nq_dpr.sh", tmp_path)
+    for stage in ("index", "search", "eval"):
+        [mine], [theirs] = commands[stage], gpu[stage]
+        assert {key: str(value).replace("/nq-dpr-tpu/", "/nq-dpr/") for key, value in mine.items()} == \
+            {key: str(value) for key, value in theirs.items()}, stage
+
+
+def tpu_worker_groups(manifest: dict) -> list[dict]:
+    return [group for group in cluster_spec(manifest)["workerGroupSpecs"]
+            if "google.com/tpu" in group["template"]["spec"]["containers"][0]["resources"].get("limits", {})]
+
+
+def test_the_tpu_rayjob_trains_as_the_nq_tpu_recipe_does_on_declared_tpus(tmp_path):
+    manifest = kuberay("RayJob", "rayjob-train-tpu.yaml")
+    [recipe] = commands_of("nq_dpr_tpu.sh", tmp_path, STAGES="train")["train"]
+    assert parse_raytev(shlex.split(manifest["spec"]["entrypoint"])) == ("train", recipe)
+    [group] = tpu_worker_groups(manifest)
+    container = group["template"]["spec"]["containers"][0]
+    # GKE hands out whole hosts: requests equal limits, and Ray is told the same chips as its TPU resource
+    # (KubeRay passes rayStartParams to `ray start` through a shell).
+    chips = int(container["resources"]["limits"]["google.com/tpu"])
+    assert chips >= 1 and int(container["resources"]["requests"]["google.com/tpu"]) == chips
+    [resources] = shlex.split(group["rayStartParams"]["resources"])
+    assert json.loads(resources) == {"TPU": chips}
+    assert not any("nvidia.com/gpu" in container["resources"].get(key, {}) for key in ("requests", "limits"))
+    # The pods land on a TPU node pool of that shape, and the group can reach --num_workers hosts.
+    selector = group["template"]["spec"]["nodeSelector"]
+    assert selector["cloud.google.com/gke-tpu-accelerator"].startswith("tpu-")
+    assert re.fullmatch(r"\d+(x\d+){1,2}", selector["cloud.google.com/gke-tpu-topology"])
+    assert group["numOfHosts"] >= 1 and group["maxReplicas"] * group["numOfHosts"] >= recipe["num_workers"]
+    # The head gets no TPU: the driver (tokenizing) runs there.
+    head = head_group(manifest)["template"]["spec"]["containers"][0]["resources"]
+    assert not any("google.com/tpu" in head.get(key, {}) for key in ("requests", "limits"))
+
+
+def test_the_tpu_cluster_shows_the_nq_tpu_recipes_training_command(tmp_path):
+    """clusters/gcp-tpu.yaml's header: a `ray job submit` of `raytev train --backend jax --use_tpu`."""
+    lines = [line.lstrip("#").strip() for line in (ROOT / "clusters" / "gcp-tpu.yaml").read_text().splitlines()
+             if line.startswith("#")]
+    start = next(index for index, line in enumerate(lines) if line.startswith("ray job submit"))
+    command = []
+    for line in lines[start:]:
+        command.append(line.removesuffix("\\"))
+        if not line.endswith("\\"):
+            break
+    words = submitted(shlex.split(" ".join(command)))
+    [recipe] = commands_of("nq_dpr_tpu.sh", tmp_path, STAGES="train")["train"]
+    assert parse_raytev(words) == ("train", recipe)
 
 
 def test_stages_can_be_chosen(tmp_path):
@@ -433,7 +509,10 @@ def test_the_runtime_env_is_one_ray_accepts():
 
     runtime_env = RuntimeEnv(**load(ROOT / "jobs" / "runtime_env.yaml"))
     assert runtime_env["env_vars"]["RAYTEV_CACHE_DIR"].startswith(f"{SHARED}/")
-    assert yaml.safe_load(kuberay("RayJob")["spec"]["runtimeEnvYAML"])["env_vars"] == runtime_env["env_vars"]
+    jobs = [doc for path in KUBERAY_FILES for doc in ray_documents(path) if doc["kind"] == "RayJob"]
+    assert len(jobs) >= 2
+    for job in jobs:
+        assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"] == runtime_env["env_vars"]
 
 
 def test_the_serve_recipe_configures_an_autoscaling_gpu_service(tmp_path):

@@ -164,11 +164,24 @@ class ClusterSection(Options):
     """Where the work runs, and whether Ray's own logs show."""
 
     use_gpu: bool = option(False, "Use GPUs: one per training worker or encoding actor (NCCL between workers).")
+    use_tpu: bool = option(False, "Use TPUs (--backend jax): each training worker runs on one TPU host and all its "
+                                  "chips.")
     address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start one "
                                         "here, or join RAY_ADDRESS.")
     verbose: bool = option(False, "Show Ray's own logs and the workers' output here (otherwise they stay in Ray's "
                                   "log files, /tmp/ray/session_latest/logs, and on a terminal what Ray prints "
                                   "itself goes to <tmp>/raytev-logs/driver-<pid>.log).")
+
+
+@dataclass(kw_only=True)
+class BackendSection(Options):
+    """Which framework runs the model: torch, or JAX/Flax (raytev.tevax)."""
+
+    backend: str = option("torch", "torch, or jax: raytev's Flax encoders on Ray Train's JaxTrainer (TPUs, GPUs or "
+                                   "CPUs; needs the jax extra). Both read and write the same Hugging Face folders.",
+                          choices=("torch", "jax"))
+    jax_cpu_devices: int = option(1, "JAX on CPUs: split each worker's cores into this many devices, each taking a "
+                                     "share of the batch (as GPUs or TPU chips would).", at_least=1)
 
 
 @dataclass(kw_only=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from raytev.config.fields import Options, from_flags, option, section
 from raytev.config.sections import (
     ActorPoolSection,
+    BackendSection,
     ClusterSection,
     DataSection,
     IndexSection,
@@ -26,6 +27,14 @@ from raytev.config.sections import (
     TrainingSection,
 )
 from raytev.errors import RaytevError
+
+
+def check_accelerators(backend: BackendSection, cluster: ClusterSection) -> None:
+    """TPUs are JAX's alone, and one kind of accelerator at a time."""
+    if cluster.use_tpu and backend.backend != "jax":
+        raise RaytevError("--use_tpu needs --backend jax (torch runs on CPUs and GPUs).")
+    if cluster.use_tpu and cluster.use_gpu:
+        raise RaytevError("--use_tpu and --use_gpu exclude each other: choose one.")
 
 
 @dataclass(kw_only=True)
@@ -56,8 +65,12 @@ class TrainConfig(TextStage):
     output_dir: str = option(help="Where the trained model goes (a Hugging Face folder); its checkpoints/ "
                                   "subfolder lets an interrupted run resume.")
     training: TrainingSection = section(TrainingSection)
+    backend: BackendSection = section(BackendSection)
     precision: PrecisionSection = section(PrecisionSection)
     cluster: ClusterSection = section(ClusterSection)
+
+    def check(self) -> None:
+        check_accelerators(self.backend, self.cluster)
 
 
 @dataclass(kw_only=True)
@@ -66,8 +79,12 @@ class EncodingStage(TextStage):
 
     inference: InferenceSection = section(InferenceSection)
     actors: ActorPoolSection = section(ActorPoolSection)
+    backend: BackendSection = section(BackendSection)
     precision: PrecisionSection = section(PrecisionSection)
     cluster: ClusterSection = section(ClusterSection)
+
+    def check(self) -> None:
+        check_accelerators(self.backend, self.cluster)
 
 
 @dataclass(kw_only=True)
@@ -99,6 +116,7 @@ class EncodeConfig(EncodingStage):
                                  at_least=1)
 
     def check(self) -> None:
+        super().check()
         if self.dataset_shard_index >= self.dataset_number_of_shards:
             raise RaytevError(f"--dataset_shard_index must be in [0, {self.dataset_number_of_shards}), got "
                               f"{self.dataset_shard_index}")
@@ -166,6 +184,7 @@ class MineConfig(RetrievalStage):
                                               "Tevatron's hn_mining output is used).")
 
     def check(self) -> None:
+        super().check()
         if self.negative_rank_start > self.negative_rank_end:
             raise RaytevError("--negative_rank_start must be at least 1 and at most --negative_rank_end, got "
                               f"{self.negative_rank_start}..{self.negative_rank_end}")
