@@ -17,7 +17,7 @@ py="$venv/bin/python"
 stamp="$venv/.raytev-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "$py" -m pip install --quiet --disable-pip-version-check -e ".[demo,dev]"
+  "$py" -m pip install --quiet --disable-pip-version-check -e ".[demo,dev,jax]"
   echo "$want" > "$stamp"
 fi
 

@@ -1,12 +1,14 @@
 """Encoding throughput on the SciFact corpus (5,183 abstracts): `raytev encode` with 1 and 2 actors, fp32 and
-bf16, against sentence-transformers `encode` (fp32, same model, same maximum length), in one run.
+bf16, torch and JAX (--backend jax, 1 and 2 devices per actor), against sentence-transformers `encode` (fp32,
+same model, same maximum length), in one run. JAX rows also report their largest difference from the torch
+1-actor fp32 vectors.
 
 Each configuration also encodes the 300 test queries, searches a flat index and reports nDCG@10, so speed
 never hides a change in quality. raytev is timed as a whole `encode` call (Ray Data start-up, actors loading
 the model, writing shards); the peer is timed on `model.encode` alone, its model already loaded. Ray runs
 once for all raytev configurations.
 
-    python benchmarks/encode_throughput.py [--max_len 256] [--batch 32]
+    python benchmarks/encode_throughput.py [--max_len 256] [--batch 32] [--rows "raytev 1 actor fp32,raytev jax ..."]
 """
 
 from __future__ import annotations
@@ -74,41 +76,70 @@ def peer(args) -> tuple[float, float]:
     return len(texts) / seconds, quality
 
 
-def raytev_config(args, actors: int, bf16: bool, scratch: Path) -> tuple[float, float]:
-    """(docs/s, nDCG@10) of `raytev encode` with this many actors and precision."""
+def raytev_config(args, actors: int, bf16: bool, scratch: Path, backend: str = "torch",
+                  devices: int = 1) -> tuple[float, float]:
+    """(docs/s, nDCG@10) of `raytev encode` with this many actors, precision and backend."""
     import raytev
     from raytev.data.embeddings import load_embeddings
 
-    label = f"{actors}a-{'bf16' if bf16 else 'fp32'}"
+    label = corpus_label(actors, bf16, backend, devices)
     flags = dict(model_name_or_path=MODEL, dataset_name="scifact", dataset_split="test", passage_max_len=args.max_len,
                  query_max_len=args.max_len, num_negatives=0, per_device_eval_batch_size=args.batch,
-                 num_actors=actors, bf16=bf16)
+                 num_actors=actors, bf16=bf16, backend=backend, jax_cpu_devices=devices)
     corpus = raytev.encode(**flags, encode_output_path=str(scratch / f"corpus-{label}"))
     raytev.encode(**flags, encode_is_query=True, encode_output_path=str(scratch / f"queries-{label}"))
     query_ids, query_vectors = load_embeddings(str(scratch / f"queries-{label}"))
     return corpus.rows / corpus.seconds, ndcg_at_10(query_ids.tolist(), query_vectors, str(scratch / f"corpus-{label}"))
 
 
+def corpus_label(actors: int, bf16: bool, backend: str, devices: int) -> str:
+    """The scratch folder name of one configuration's corpus vectors."""
+    return f"{backend}-{actors}a-{devices}d-{'bf16' if bf16 else 'fp32'}"
+
+
+# label -> (actors, bf16, backend, JAX devices per actor)
+CONFIGS = {
+    "raytev 1 actor fp32": (1, False, "torch", 1),
+    "raytev 2 actors fp32": (2, False, "torch", 1),
+    "raytev 1 actor bf16": (1, True, "torch", 1),
+    "raytev 2 actors bf16": (2, True, "torch", 1),
+    "raytev jax 1 actor fp32": (1, False, "jax", 1),
+    "raytev jax 1 actor 2 devices fp32": (1, False, "jax", 2),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max_len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rows", default=",".join(CONFIGS), help="comma-separated raytev rows to run")
     args = parser.parse_args()
 
+    import numpy as np
     import ray
 
+    from raytev.data.embeddings import load_embeddings
+
     results = {"sentence-transformers fp32 (peer)": peer(args)}
+    differences = {}
     ray.init(include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as scratch:
-        for actors, bf16 in ((1, False), (2, False), (1, True), (2, True)):
-            results[f"raytev {actors} actor{'s' if actors > 1 else ''} {'bf16' if bf16 else 'fp32'}"] = \
-                raytev_config(args, actors, bf16, Path(scratch))
+        for label in args.rows.split(","):
+            results[label] = raytev_config(args, *CONFIGS[label][:2], Path(scratch),
+                                           *CONFIGS[label][2:])
+        reference = Path(scratch) / f"corpus-{corpus_label(*CONFIGS['raytev 1 actor fp32'])}"
+        for label in args.rows.split(","):
+            if CONFIGS[label][2] == "jax" and reference.exists():
+                jax_vectors = load_embeddings(str(Path(scratch) / f"corpus-{corpus_label(*CONFIGS[label])}"))[1]
+                differences[label] = float(np.abs(jax_vectors - load_embeddings(str(reference))[1]).max())
     peer_speed, peer_quality = results["sentence-transformers fp32 (peer)"]
 
     print(f"all-MiniLM-L6-v2, SciFact corpus (5,183 abstracts), max_len {args.max_len}, batch {args.batch}")
     print(f"{'encoder':<36}{'docs/s':>8}{'x peer':>8}{'nDCG@10':>9}")
     for label, (speed, quality) in results.items():
         print(f"{label:<36}{speed:>8.1f}{speed / peer_speed:>8.2f}{quality:>9.4f}")
+    for label, difference in differences.items():
+        print(f"{label}: max |jax - torch fp32| = {difference:.2e}")
     path = write_result("encode_throughput", {
         "settings": {"model": MODEL, "corpus": "scifact (5,183 abstracts)", "max_len": args.max_len,
                      "batch": args.batch, "raytev_timing": "whole encode() call incl. Ray Data start-up and model load",
@@ -117,6 +148,7 @@ def main() -> None:
         "ratio_to_peer": {label: round(speed / peer_speed, 3) for label, (speed, _) in results.items()},
         "ndcg_at_10": {label: round(quality, 4) for label, (_, quality) in results.items()},
         "peer_ndcg_at_10": round(peer_quality, 4),
+        "jax_max_abs_difference_to_torch_fp32": differences,
     })
     print(f"wrote {path}")
 

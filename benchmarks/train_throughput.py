@@ -1,5 +1,6 @@
-"""Training throughput (queries/s): raytev in-process, on 1 and on 2 Ray Train workers, against
-sentence-transformers' MultipleNegativesRankingLoss fine-tuning, in one run.
+"""Training throughput (queries/s): raytev in-process, on 1 and on 2 Ray Train workers, torch and JAX (1 worker
+with 1 and 2 local devices, 2 workers), against sentence-transformers' MultipleNegativesRankingLoss fine-tuning,
+in one run.
 
 Both train all-MiniLM-L6-v2 on the same SciFact train groups (each query with its positive and the same
 first train_group_size - 1 negatives), with the same batch, group size, maximum length (one length for
@@ -8,6 +9,9 @@ time runs from the end of the previous step to the end of this one, so data load
 on both sides; the first --warmup steps are left out.
 
     python benchmarks/train_throughput.py [--steps 12] [--batch 16] [--group 8] [--max_len 128] [--precision bf16]
+
+JAX rows: XLA compiles the step in the first warm-up steps (left out), and XLA's CPU backend runs bf16 without the
+AMX/oneDNN kernels torch uses, so on CPUs compare the fp32 rows too.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ def peer_throughput(rows: list[dict], args) -> float:
     return args.batch / statistics.median(seconds)
 
 
-def raytev_throughput(args, num_workers: int) -> float:
+def raytev_throughput(args, num_workers: int, backend: str = "torch", jax_cpu_devices: int = 1) -> float:
     """Queries/s of raytev training, from its per-step log (logging every step)."""
     import raytev
 
@@ -92,7 +96,8 @@ def raytev_throughput(args, num_workers: int) -> float:
             per_device_train_batch_size=args.batch // max(num_workers, 1), query_max_len=args.max_len,
             passage_max_len=args.max_len, max_steps=args.steps, learning_rate=2e-5, temperature=0.05,
             bf16=args.precision == "bf16", logging_steps=1, save_steps=args.steps, num_workers=num_workers,
-            negative_passage_no_shuffle=True, positive_passage_no_shuffle=True)
+            negative_passage_no_shuffle=True, positive_passage_no_shuffle=True, backend=backend,
+            jax_cpu_devices=jax_cpu_devices)
     per_step = [entry["samples_per_second"] for entry in result.log if "step" in entry][args.warmup:]
     return statistics.median(per_step)
 
@@ -105,6 +110,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max_len", type=int, default=128)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--skip_jax", action="store_true", help="torch rows only (no JAX installed)")
     args = parser.parse_args()
 
     import ray
@@ -112,8 +118,13 @@ def main() -> None:
     rows = scifact_triplets(args.group)
     results = {"sentence-transformers MNRL (peer)": peer_throughput(rows, args)}
     ray.init(include_dashboard=False, log_to_driver=False)
-    for label, workers in (("raytev in-process", 0), ("raytev 1 worker", 1), ("raytev 2 workers", 2)):
-        results[label] = raytev_throughput(args, workers)
+    runs = [("raytev in-process", 0, "torch", 1), ("raytev 1 worker", 1, "torch", 1),
+            ("raytev 2 workers", 2, "torch", 1)]
+    if not args.skip_jax:
+        runs += [("raytev jax 1 worker, 1 device", 1, "jax", 1), ("raytev jax 1 worker, 2 devices", 1, "jax", 2),
+                 ("raytev jax 2 workers", 2, "jax", 1)]
+    for label, workers, backend, devices in runs:
+        results[label] = raytev_throughput(args, workers, backend, devices)
     peer = results["sentence-transformers MNRL (peer)"]
 
     print(f"all-MiniLM-L6-v2 on SciFact train: batch {args.batch} queries x group {args.group}, max_len "

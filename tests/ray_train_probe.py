@@ -34,3 +34,49 @@ def full_batch_gradients(model_folder: Path, untied: bool) -> dict[str, torch.Te
     model = DenseModel.from_pretrained(str(model_folder), untied=untied, **MODEL_OPTIONS).train()
     plain_step(model, toy_batch(**GLOBAL_BATCH))
     return gradients(model)
+
+
+# ---- JAX: one step of raytev.tevax's train step on JaxTrainer workers (2 processes x 2 CPU devices each).
+
+JAX_BATCH = dict(num_queries=8, group_size=2, seed=23)
+
+
+def jax_sgd_step(folder: str, untied: bool, batch: dict, devices=None):
+    """Parameters after one SGD(lr=1) step of the sharded train step (params - full-batch gradients), as numpy."""
+    import jax
+    import numpy as np
+    import optax
+
+    from raytev.config.sections import TrainingSection
+    from raytev.data.model_folder import DenseModelSettings
+    from raytev.tevax.retriever import load_retriever
+    from raytev.tevax.steps import data_mesh, host_copy, make_train_step, place_batch, replicate
+    from raytev.tevax.train_state import RetrieverTrainState
+
+    retriever, params = load_retriever(folder, DenseModelSettings(untied=untied, **MODEL_OPTIONS))
+    mesh = data_mesh(devices)
+    optimizer = optax.sgd(1.0)
+    state = replicate(RetrieverTrainState.create(params, optimizer, seed=5), mesh)
+    step = make_train_step(retriever, optimizer, mesh, TrainingSection())
+    state, loss = step(state, place_batch({name: np.asarray(value) for name, value in batch.items()}, mesh))
+    return float(loss.addressable_data(0)), jax.tree.leaves(host_copy(state.params))
+
+
+def jax_one_step(config: dict) -> None:
+    """jax_sgd_step on this worker's half of JAX_BATCH over the global mesh; rank 0 saves the result."""
+    import pickle
+
+    from raytev.training.jax_loop import start_jax
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    start_jax(config["cpu_devices"], False, rank, world_size)
+    share = JAX_BATCH["num_queries"] // world_size
+    batch = {name: tensor.numpy() for name, tensor in
+             batch_slice(toy_batch(**JAX_BATCH), rank * share, (rank + 1) * share).items()}
+    loss, leaves = jax_sgd_step(config["model"], config["untied"], batch)
+    import jax
+
+    assert jax.device_count() == world_size * config["cpu_devices"], jax.devices()
+    if rank == 0:
+        Path(config["out"]).write_bytes(pickle.dumps((loss, leaves)))

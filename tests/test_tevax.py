@@ -17,15 +17,15 @@ from modeling_helpers import toy_batch
 from transformers import AutoModel, RobertaConfig, RobertaModel
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax.numpy as jnp
+from flax import nnx
 
-from raytev.data.model_folder import DenseModelSettings  # noqa: E402
-from raytev.errors import RaytevError  # noqa: E402
-from raytev.modeling.dense import DenseModel  # noqa: E402
-from raytev.tevax.hf_folder import encoder_tensors, load_encoder, save_encoder  # noqa: E402
-from raytev.tevax.retriever import DualParams, load_retriever  # noqa: E402
-from raytev.tevax.steps import (  # noqa: E402
+from raytev.data.model_folder import DenseModelSettings
+from raytev.errors import RaytevError
+from raytev.modeling.dense import DenseModel
+from raytev.tevax.hf_folder import encoder_tensors, load_encoder, save_encoder
+from raytev.tevax.retriever import DualParams, load_retriever
+from raytev.tevax.steps import (
     DATA_AXIS,
     data_mesh,
     grad_cache_loss_and_grads,
@@ -33,7 +33,7 @@ from raytev.tevax.steps import (  # noqa: E402
     plain_loss_and_grads,
     replicate,
 )
-from raytev.tevax.train_state import learning_rate_schedule  # noqa: E402
+from raytev.tevax.train_state import learning_rate_schedule
 
 SETTINGS = dict(pooling="mean", normalize=True, temperature=0.1)
 

@@ -166,6 +166,10 @@ class ClusterSection(Options):
     use_gpu: bool = option(False, "Use GPUs: one per training worker or encoding actor (NCCL between workers).")
     use_tpu: bool = option(False, "Use TPUs (--backend jax): each training worker runs on one TPU host and all its "
                                   "chips.")
+    tpu_chips_per_worker: int = option(4, "--use_tpu: TPU chips of one host (v4-8: 4, v5litepod-8: 8).", at_least=1)
+    tpu_topology: str | None = option(None, "--use_tpu with several hosts: the slice topology (2x2x2 for v4-16), as "
+                                            "Ray Train reserves whole slices.")
+    tpu_type: str | None = option(None, "--use_tpu with several hosts: the accelerator type (TPU-V4, TPU-V5E, ...).")
     address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start one "
                                         "here, or join RAY_ADDRESS.")
     verbose: bool = option(False, "Show Ray's own logs and the workers' output here (otherwise they stay in Ray's "

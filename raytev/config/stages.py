@@ -216,6 +216,7 @@ class DemoConfig(Options):
                                           "retrieval, positives dropped.", at_least=1)
     negative_rank_end: int = option(60, "Last rank negatives are mined from.", at_least=1)
     actors: ActorPoolSection = section(ActorPoolSection)
+    backend: BackendSection = section(BackendSection)
     cluster: ClusterSection = section(ClusterSection)
 
 

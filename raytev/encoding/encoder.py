@@ -108,13 +108,16 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     total = sum(high - low for low, high in todo.values())
     dataset = dataset.repartition(max(actors.num_actors * 4, math.ceil(total / ROWS_PER_ACTOR_CALL)))
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
+    if cluster.use_tpu:
+        resources = {"resources": {"TPU": cluster.tpu_chips_per_worker}}
     dataset = dataset.map_batches(
         BatchEncoder,
         fn_constructor_kwargs=dict(
             model=model, is_query=is_query, id_column=id_column,
             batch_size=config.inference.per_device_eval_batch_size,
             pad_token_id=table.manifest["settings"]["pad_token_id"], device="cuda" if cluster.use_gpu else "cpu",
-            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // actors.num_actors)),
+            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // actors.num_actors),
+            backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices),
         compute=ray.data.ActorPoolStrategy(size=actors.num_actors),
         batch_size=ROWS_PER_ACTOR_CALL, batch_format="numpy", **resources)
     # In input order, shards complete one after another and only one is buffered at a time.
@@ -152,7 +155,8 @@ def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
 
     id_column = "query_id" if is_query else "docid"
     encoder = BatchEncoder(model, is_query, id_column, config.inference.per_device_eval_batch_size,
-                           table.manifest["settings"]["pad_token_id"], "cuda" if config.cluster.use_gpu else "cpu")
+                           table.manifest["settings"]["pad_token_id"], "cuda" if config.cluster.use_gpu else "cpu",
+                           backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices)
     rows = table.read(["row", id_column, "input_ids"])
     total = sum(high - low for low, high in todo.values())
     with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:

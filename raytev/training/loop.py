@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -65,9 +66,10 @@ def train_loop_per_worker(config: dict) -> None:
             loss = train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan)
             state.step += 1
             state.step_in_epoch += 1
-            log.add(state, loss, scheduler)
+            log.add(state, loss, scheduler.get_last_lr()[0])
             if state.step % training.save_steps == 0 or state.step == plan.total_steps:
-                save_checkpoint(plan, state, model, optimizer, scheduler, scaler, rank)
+                save_checkpoint(plan, state, rank, lambda directory: write_checkpoint(
+                    directory, state, model, optimizer, scheduler, scaler))
             if state.step == plan.total_steps:
                 break
         if state.step_in_epoch >= plan.steps_per_epoch:
@@ -97,8 +99,7 @@ def train_step(model, batch, device, step_function, optimizer, scheduler, scaler
 def set_up(plan: TrainingPlan, device: torch.device):
     """(model, optimizer, scheduler, scaler, trainer state): fresh, or restored from the checkpoint to resume."""
     cross_worker = plan.training.cross_worker_negatives
-    ray_checkpoint = ray.train.get_checkpoint()  # set when Ray restarts workers or restores a run
-    with (ray_checkpoint.as_directory() if ray_checkpoint else nullcontext(plan.resume_from)) as resume_dir:
+    with resume_directory(plan) as resume_dir:
         if resume_dir is None:
             model = DenseModel.from_resolved(plan.model, cross_worker_negatives=cross_worker)
         else:
@@ -114,6 +115,13 @@ def set_up(plan: TrainingPlan, device: torch.device):
             check_resumable(state, plan, str(resume_dir))
             state.log.append({"event": "resumed", "from_step": state.step})
     return model, optimizer, scheduler, scaler, state
+
+
+def resume_directory(plan: TrainingPlan):
+    """A context giving the checkpoint folder to resume from (Ray's, when it restarts workers or restores a run;
+    else the one the driver found), or None for a fresh start."""
+    ray_checkpoint = ray.train.get_checkpoint()
+    return ray_checkpoint.as_directory() if ray_checkpoint else nullcontext(plan.resume_from)
 
 
 def choose_step(training) -> callable:
@@ -166,9 +174,10 @@ class TrainingLog:
     def _reset(self) -> None:
         self.started, self.loss_sum, self.steps = time.perf_counter(), None, 0
 
-    def add(self, state: TrainerState, loss: torch.Tensor, scheduler) -> None:
-        """Count one optimizer step; close the window every logging_steps (and at the last step)."""
-        self.loss_sum = loss.detach() if self.loss_sum is None else self.loss_sum + loss.detach()
+    def add(self, state: TrainerState, loss, learning_rate: float) -> None:
+        """Count one optimizer step (its loss still on the device, a torch or JAX scalar, and the learning rate
+        of the next step); close the window every logging_steps (and at the last step)."""
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.steps += 1
         ends = state.step % self.plan.training.logging_steps == 0 or state.step == self.plan.total_steps
         entry = None
@@ -177,7 +186,7 @@ class TrainingLog:
             entry = {"step": state.step,
                      "epoch": round(state.epoch + state.step_in_epoch / self.plan.steps_per_epoch, 4),
                      "loss": round(float(self.loss_sum) / self.steps, 6),  # the one device sync per window
-                     "learning_rate": scheduler.get_last_lr()[0],
+                     "learning_rate": learning_rate,
                      "samples_per_second": round(self.steps * self.plan.global_batch_size / max(seconds, 1e-9), 2)}
             state.log.append(entry)
             self._reset()
@@ -202,15 +211,16 @@ def write_checkpoint(directory: Path, state: TrainerState, model, optimizer, sch
     save_training_state(directory, state, optimizer, scheduler, scaler)
 
 
-def save_checkpoint(plan: TrainingPlan, state: TrainerState, model, optimizer, scheduler, scaler, rank: int) -> None:
-    """Checkpoint through ray.train.report (every rank calls it: it is a barrier); rank 0 provides the files."""
+def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: Callable[[Path], None]) -> None:
+    """Checkpoint through ray.train.report (every rank calls it: it is a barrier); rank 0's `write` provides the
+    files (it fills the folder it is given)."""
     metrics = {"step": state.step, "epoch": state.epoch, "loss": state.log[-1].get("loss") if state.log else None}
     name = checkpoint_name(state.step)
     if plan.num_workers == 0:
         # In-process runs get no persistence from Ray: write under the run folder ourselves, keep the newest.
         target = Path(plan.run_dir) / name
         with staged_directory(target) as staging:
-            write_checkpoint(staging, state, model, optimizer, scheduler, scaler)
+            write(staging)
         prune_checkpoints(Path(plan.run_dir), keep=plan.training.save_total_limit)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(target)))
         return
@@ -218,7 +228,7 @@ def save_checkpoint(plan: TrainingPlan, state: TrainerState, model, optimizer, s
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as temporary:
-        write_checkpoint(Path(temporary), state, model, optimizer, scheduler, scaler)
+        write(Path(temporary))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(temporary), checkpoint_dir_name=name)
 
 

@@ -1,4 +1,5 @@
-"""`raytev train` on the driver: prepare the data, plan the steps, run TorchTrainer, export the model."""
+"""`raytev train` on the driver: prepare the data, plan the steps, run TorchTrainer (or JaxTrainer for --backend
+jax), export the model."""
 
 from __future__ import annotations
 
@@ -63,11 +64,9 @@ def is_local(storage_path: str) -> bool:
 def train(config: TrainConfig) -> TrainResult:
     """Fine-tune a dense retriever on Ray Train and save it to `config.output_dir`."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from raytev.cluster import connect, cpus_per_worker
     from raytev.data.feed import ordered_ingest, training_dataset
-    from raytev.training.loop import train_loop_per_worker
     from raytev.training.progress import TrainingProgress
 
     started = time.perf_counter()
@@ -98,14 +97,13 @@ def train(config: TrainConfig) -> TrainResult:
     dataset = training_dataset(prepared.queries, training.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
-    cpus = cpus_per_worker(training.num_workers, cluster.use_gpu, training.cpus_per_worker)
+    cpus = cpus_per_worker(training.num_workers, cluster.use_gpu or cluster.use_tpu, training.cpus_per_worker)
     with TrainingProgress(total_steps, previous.step if resume_from else 0) as progress:
-        trainer = TorchTrainer(
-            train_loop_per_worker,
+        trainer_class, loop = backend_trainer(config.backend.backend)
+        trainer = trainer_class(
+            loop,
             train_loop_config={"plan": dataclasses.replace(plan, progress=progress.queue)},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=training.num_workers, use_gpu=cluster.use_gpu,
-                resources_per_worker={"CPU": cpus} if cpus is not None else None),
+            scaling_config=scaling_config(training.num_workers, cluster, cpus),
             run_config=ray.train.RunConfig(
                 name=run_name, storage_path=storage_path,
                 failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
@@ -125,6 +123,37 @@ def train(config: TrainConfig) -> TrainResult:
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
                        state.log, resumes[0] if resumes else None)
+
+
+def backend_trainer(backend: str):
+    """(Ray Train trainer class, per-worker loop) of a backend: TorchTrainer, or JaxTrainer with raytev.tevax."""
+    if backend == "jax":
+        try:
+            from ray.train.v2.jax import JaxTrainer
+
+            from raytev.training.jax_loop import jax_train_loop_per_worker
+        except ImportError as error:
+            raise RaytevError(f"--backend jax needs JAX ({error}): pip install 'raytev[jax]' (on TPU VMs also "
+                              "'jax[tpu]').") from error
+        return JaxTrainer, jax_train_loop_per_worker
+    from ray.train.torch import TorchTrainer
+
+    from raytev.training.loop import train_loop_per_worker
+
+    return TorchTrainer, train_loop_per_worker
+
+
+def scaling_config(num_workers: int, cluster, cpus: float | None):
+    """Ray Train's scaling config: CPUs per worker, or a GPU each, or a TPU host each (all its chips)."""
+    import ray.train
+
+    resources = {"CPU": cpus} if cpus is not None else {}
+    if cluster.use_tpu:
+        resources["TPU"] = cluster.tpu_chips_per_worker
+        return ray.train.ScalingConfig(num_workers=num_workers, use_tpu=True, resources_per_worker=resources,
+                                       topology=cluster.tpu_topology, accelerator_type=cluster.tpu_type)
+    return ray.train.ScalingConfig(num_workers=num_workers, use_gpu=cluster.use_gpu,
+                                   resources_per_worker=resources or None)
 
 
 def raise_user_error_of(error) -> None:

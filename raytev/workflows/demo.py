@@ -108,7 +108,7 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
                                  num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                                  logging_steps=10, save_steps=1000, num_workers=settings.num_workers,
                                  overwrite_output_dir=True),
-        precision=common["precision"], cluster=config.cluster))
+        backend=config.backend, precision=common["precision"], cluster=config.cluster))
     fine_tune: list[StageTiming] = []
     finished(fine_tune, "train", trained.seconds, f"{trained.steps} steps, {trained.epochs:.2f} epochs on mined "
                                                   "negatives")
