@@ -61,7 +61,8 @@ def test_jax_trainer_on_two_workers_with_two_devices_each_equals_one_process(ray
 
 
 def test_the_train_command_trains_with_jax_and_the_model_loads_in_transformers_and_encodes(ray_session, tiny_run,
-                                                                                          tmp_path, tiny_beir):
+                                                                                          tmp_path, tiny_beir,
+                                                                                          monkeypatch):
     result = raytev.train(**tiny_run, **TINY, num_train_epochs=3, num_workers=0, save_steps=10, backend="jax",
                           jax_cpu_devices=2)
     assert result.steps == 30
@@ -84,6 +85,18 @@ def test_the_train_command_trains_with_jax_and_the_model_loads_in_transformers_a
         ids, vectors = load_embeddings(str(tmp_path / name))
         assert list(ids) == list(torch_ids)
         assert np.abs(vectors - torch_vectors).max() <= 1e-4, name
+
+    # The pipeline hands --backend to its encoding stages.
+    import raytev.tevax.inference as inference
+
+    sides, make_embedder = [], inference.make_embedder
+    monkeypatch.setattr(inference, "make_embedder", lambda model, is_query, *rest: sides.append(is_query) or
+                        make_embedder(model, is_query, *rest))
+    piped = {backend: raytev.pipeline(model_name_or_path=str(out), dataset_name=str(tiny_beir), dataset_split="test",
+                                      output_dir=str(tmp_path / f"pipeline-{backend}"), num_actors=0,
+                                      passage_max_len=24, backend=backend).metrics for backend in ("jax", "torch")}
+    assert sorted(sides) == [False, True]  # passages and queries, by JAX, in the jax run only
+    assert abs(piped["jax"]["nDCG@10"] - piped["torch"]["nDCG@10"]) <= 1e-6
 
 
 def test_a_killed_jax_worker_resumes_and_ends_where_an_uninterrupted_run_does(ray_session, tiny_run, tmp_path):

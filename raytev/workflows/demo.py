@@ -73,7 +73,7 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
     started = time.perf_counter()
     root = Path(config.output_dir).expanduser().resolve()
     common = dict(precision=PrecisionSection(bf16=settings.bf16), inference=InferenceSection(per_device_eval_batch_size=64),
-                  actors=config.actors, retrieval=RetrievalSection(depth=1000),
+                  actors=config.actors, retrieval=RetrievalSection(depth=1000), backend=config.backend,
                   cluster=config.cluster)
     test = DataSection(dataset_name=config.dataset_name, dataset_split="test")
     evaluation_text = TextSection(passage_max_len=settings.eval_passage_max_len)

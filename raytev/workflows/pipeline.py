@@ -61,7 +61,7 @@ def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) 
         model_dir = output_dir / "model"
         result = train(TrainConfig(output_dir=str(model_dir), data=dataclasses.replace(data, dataset_split=config.train_split),
                                    model=config.model, text=config.text, training=config.training,
-                                   precision=config.precision, cluster=config.cluster))
+                                   backend=config.backend, precision=config.precision, cluster=config.cluster))
         finished(stages, "train", result.seconds, f"{result.steps} steps, {result.epochs:.2f} epochs")
         model_section = dataclasses.replace(config.model, model_name_or_path=str(model_dir))
     model = resolve_model(model_section, config.text, config.precision)

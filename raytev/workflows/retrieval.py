@@ -60,7 +60,7 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
         encoding = EncodeConfig(encode_output_path=str(target), replace_other_runs=True,
                                 data=dataclasses.replace(config.data, encode_is_query=is_query), model=config.model,
                                 text=config.text, inference=config.inference, actors=config.actors,
-                                precision=config.precision, cluster=config.cluster)
+                                backend=config.backend, precision=config.precision, cluster=config.cluster)
         result = encode(encoding, model)
         reused = f", {result.reused_shards} shards reused" if result.reused_shards else ""
         finished(stages, name, result.seconds, f"{result.rows:,} texts, {result.rows_per_second:.1f}/s{reused}")
