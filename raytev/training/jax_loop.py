@@ -32,6 +32,8 @@ def jax_train_loop_per_worker(config: dict) -> None:
     rank = context.get_world_rank()
     cluster = plan.config.cluster
     start_jax(plan.config.backend.jax_cpu_devices, cluster.use_tpu or cluster.use_gpu, rank, context.get_world_size())
+    import jax
+
     from raytev.tevax.steps import data_mesh, make_train_step, place_batch, replicate
     from raytev.tevax.train_state import learning_rate_schedule
 
@@ -56,6 +58,10 @@ def jax_train_loop_per_worker(config: dict) -> None:
             train_state, loss = step(train_state, place_batch(batch, mesh))
             state.step += 1
             state.step_in_epoch += 1
+            if state.step % training.logging_steps == 0 or state.step == plan.total_steps:
+                # A window's time ends when the step has finished (JAX dispatches asynchronously, and one device's
+                # loss can be ready before the others finish the step).
+                jax.block_until_ready(train_state)
             log.add(state, loss.addressable_data(0), float(schedule(state.step)))
             if state.step % training.save_steps == 0 or state.step == plan.total_steps:
                 save_checkpoint(plan, state, rank, lambda directory, now=train_state: write_checkpoint(
