@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import ray.train
 
-from raytev.data.collate import TrainingCollator
-from raytev.data.feed import iter_training_batches
 from raytev.data.model_folder import read_saved_settings
-from raytev.training.loop import TrainingLog, resume_directory, save_checkpoint
+from raytev.training.loop import TrainingLog, checkpoint_due, remaining_batches, resume_directory, save_checkpoint
 from raytev.training.plan import TrainingPlan, check_resumable
 from raytev.training.state import MODEL_DIR, STATE_FILE, TrainerState, read_trainer_state
 
@@ -37,39 +35,27 @@ def jax_train_loop_per_worker(config: dict) -> None:
     from raytev.tevax.steps import data_mesh, make_train_step, place_batch, replicate
     from raytev.tevax.train_state import learning_rate_schedule
 
-    training, seed = plan.training, plan.config.data.seed
+    training = plan.training
     mesh = data_mesh()
     retriever, train_state, state, optimizer = set_up(plan)  # from the checkpoint when resuming
     train_state = replicate(train_state, mesh)
     step = make_train_step(retriever, optimizer, mesh, training)
     schedule = learning_rate_schedule(training.learning_rate, training.warmup_ratio, plan.total_steps)
-    collator = TrainingCollator.for_table(plan.queries, training, seed)
     pad_token_id = plan.queries.manifest["settings"]["pad_token_id"]
     shard = ray.train.get_dataset_shard("train")
     log = TrainingLog(plan, rank)
 
-    while state.step < plan.total_steps:
-        batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.per_device_train_batch_size,
-                                        steps=plan.steps_per_epoch, skip=state.step_in_epoch,
-                                        shuffle_buffer=training.shuffle_buffer_size or None,
-                                        shuffle_seed=seed + state.epoch)
-        for batch in batches:
-            batch = bucketed({name: tensor.numpy() for name, tensor in batch.items()}, plan, pad_token_id)
-            train_state, loss = step(train_state, place_batch(batch, mesh))
-            state.step += 1
-            state.step_in_epoch += 1
-            if state.step % training.logging_steps == 0 or state.step == plan.total_steps:
-                # A window's time ends when the step has finished (JAX dispatches asynchronously, and one device's
-                # loss can be ready before the others finish the step).
-                jax.block_until_ready(train_state)
-            log.add(state, loss.addressable_data(0), float(schedule(state.step)))
-            if state.step % training.save_steps == 0 or state.step == plan.total_steps:
-                save_checkpoint(plan, state, rank, lambda directory, now=train_state: write_checkpoint(
-                    directory, state, retriever, now))
-            if state.step == plan.total_steps:
-                break
-        if state.step_in_epoch >= plan.steps_per_epoch:
-            state.finish_epoch()
+    for batch in remaining_batches(plan, state, shard):
+        batch = bucketed({name: tensor.numpy() for name, tensor in batch.items()}, plan, pad_token_id)
+        train_state, loss = step(train_state, place_batch(batch, mesh))
+        if log.window_ends(state):
+            # A window's time ends when the step has finished (JAX dispatches asynchronously, and one device's
+            # loss can be ready before the others finish the step).
+            jax.block_until_ready(train_state)
+        log.add(state, loss.addressable_data(0), float(schedule(state.step)))
+        if checkpoint_due(plan, state):
+            save_checkpoint(plan, state, rank, lambda directory, now=train_state: write_checkpoint(
+                directory, state, retriever, now))
 
 
 def start_jax(cpu_devices: int, accelerated: bool, rank: int, world_size: int) -> None:

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -51,29 +51,44 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     model, optimizer, scheduler, scaler, state = set_up(plan, device)  # from the checkpoint when resuming
     step_function = choose_step(training)
-    collator = TrainingCollator.for_table(plan.queries, training, seed)
     shard = ray.train.get_dataset_shard("train")
     log = TrainingLog(plan, rank)
 
+    for batch in remaining_batches(plan, state, shard):
+        loss = train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan)
+        log.add(state, loss, scheduler.get_last_lr()[0])
+        if checkpoint_due(plan, state):
+            save_checkpoint(plan, state, rank, lambda directory: write_checkpoint(
+                directory, state, model, optimizer, scheduler, scaler))
+
+
+def remaining_batches(plan: TrainingPlan, state: TrainerState, shard) -> Iterator[dict]:
+    """The batches this worker still trains on, epoch after epoch from where `state` stands; `state` counts each
+    one's step as it is handed out (both backends' loops read batches here).
+
+    The epoch's stream is the same in every run (ordered Ray Data, seeded shuffle): a resumed run reads past the
+    batches done before its checkpoint and trains on exactly the ones an uninterrupted run would.
+    """
+    training, seed = plan.training, plan.config.data.seed
+    collator = TrainingCollator.for_table(plan.queries, training, seed)
     while state.step < plan.total_steps:
-        # The epoch's stream is the same in every run (ordered Ray Data, seeded shuffle): a resumed run reads
-        # past the batches done before its checkpoint and trains on exactly the ones an uninterrupted run would.
         batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.per_device_train_batch_size,
                                         steps=plan.steps_per_epoch, skip=state.step_in_epoch,
                                         shuffle_buffer=training.shuffle_buffer_size or None,
                                         shuffle_seed=seed + state.epoch)
         for batch in batches:
-            loss = train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan)
             state.step += 1
             state.step_in_epoch += 1
-            log.add(state, loss, scheduler.get_last_lr()[0])
-            if state.step % training.save_steps == 0 or state.step == plan.total_steps:
-                save_checkpoint(plan, state, rank, lambda directory: write_checkpoint(
-                    directory, state, model, optimizer, scheduler, scaler))
+            yield batch
             if state.step == plan.total_steps:
                 break
         if state.step_in_epoch >= plan.steps_per_epoch:
             state.finish_epoch()
+
+
+def checkpoint_due(plan: TrainingPlan, state: TrainerState) -> bool:
+    """Whether the step just taken is checkpointed: every save_steps, and the last one."""
+    return state.step % plan.training.save_steps == 0 or state.step == plan.total_steps
 
 
 def train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan: TrainingPlan) -> torch.Tensor:
@@ -174,14 +189,17 @@ class TrainingLog:
     def _reset(self) -> None:
         self.started, self.loss_sum, self.steps = time.perf_counter(), None, 0
 
+    def window_ends(self, state: TrainerState) -> bool:
+        """Whether the step just taken closes a logging window: every logging_steps, and the last step."""
+        return state.step % self.plan.training.logging_steps == 0 or state.step == self.plan.total_steps
+
     def add(self, state: TrainerState, loss, learning_rate: float) -> None:
         """Count one optimizer step (its loss still on the device, a torch or JAX scalar, and the learning rate
         of the next step); close the window every logging_steps (and at the last step)."""
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.steps += 1
-        ends = state.step % self.plan.training.logging_steps == 0 or state.step == self.plan.total_steps
         entry = None
-        if ends:
+        if self.window_ends(state):
             seconds = time.perf_counter() - self.started
             entry = {"step": state.step,
                      "epoch": round(state.epoch + state.step_in_epoch / self.plan.steps_per_epoch, 4),
