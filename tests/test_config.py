@@ -36,7 +36,7 @@ def test_values_are_checked_once_for_every_way_in():
         from_flags(TrainConfig, {"output_dir": "o", "model_name_or_path": "m", "num_workers": "two"}, "x")
     with pytest.raises(RaytevError, match="--num_workers must be 0 or more, got -1"):
         from_flags(TrainConfig, {"output_dir": "o", "model_name_or_path": "m", "num_workers": -1}, "x")
-    with pytest.raises(RaytevError, match="--pooling must be one of cls, mean, last, got 'max'"):
+    with pytest.raises(RaytevError, match="--pooling must be one of cls, mean, last, eos, got 'max'"):
         from_flags(TrainConfig, {"output_dir": "o", "model_name_or_path": "m", "pooling": "max"}, "x")
     with pytest.raises(RaytevError, match="--fp16 and --bf16 exclude each other"):
         from_flags(TrainConfig, {"output_dir": "o", "model_name_or_path": "m", "fp16": True, "bf16": True}, "x")

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from raytev.config.fields import Options, option
 from raytev.errors import RaytevError
 
-POOLING_CHOICES = ("cls", "mean", "last")
+POOLING_CHOICES = ("cls", "mean", "last", "eos")  # eos: Tevatron main's name for last
+ATTENTION_CHOICES = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+TORCH_DTYPE_CHOICES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass(kw_only=True)
@@ -29,6 +31,17 @@ class ModelSection(Options):
                                              "else 1.0 (with --normalize, 0.01-0.05 trains far better).")
     untie_encoder: bool | None = option(None, "Separate query and passage encoders (both start from the model).",
                                         aliases=("untied",), swap="model")
+    lora_name_or_path: str | None = option(
+        None, "A LoRA adapter (folder or Hugging Face name) applied on top of the model; a folder raytev trained "
+              "with --lora can also be given as --model_name_or_path alone (it names its base model).",
+        swap="model")
+    attn_implementation: str | None = option(
+        None, "Attention kernel: sdpa, eager, flash_attention_2 (GPU, needs flash-attn) or flex_attention. "
+              "Default: transformers' choice (sdpa where supported).", choices=ATTENTION_CHOICES, swap="model")
+    torch_dtype: str | None = option(
+        None, "dtype the weights are loaded (and, training, kept) in: float32, bfloat16, float16 or auto (the "
+              "checkpoint's). bfloat16 halves a 7B model's memory; --bf16 alone keeps float32 weights and autocasts.",
+        choices=TORCH_DTYPE_CHOICES, aliases=("dtype",), swap="model")
 
     def check(self) -> None:
         if self.temperature is not None and not self.temperature > 0:
@@ -134,10 +147,48 @@ class TrainingSection(Options):
     storage_path: str | None = option(None, "Where checkpoints go: a shared folder or a URI (s3://, gs://) for "
                                             "multi-node runs (default: output_dir).")
     max_failures: int = option(2, "Times a failed worker group restarts from the last checkpoint.", at_least=0)
+    gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead "
+                                                 "of keeping them: the same gradients in far less memory, about a third "
+                                                 "more compute.")
+    gradient_accumulation_steps: int = option(
+        1, "Micro-batches per optimizer step: each worker reads per_device_train_batch_size x this many queries and "
+           "back-propagates them in slices. Unlike --grad_cache, each slice's in-batch negatives are only its own "
+           "passages (a smaller pool of negatives).", at_least=1)
+    fsdp: bool = option(False, "Shard the weights, gradients and optimizer state across the workers (PyTorch FSDP2 "
+                               "fully_shard, ZeRO-3's equivalent) so that a model too big for one device trains; "
+                               "checkpoints resume on any number of workers.")
 
     def check(self) -> None:
         if not 0 <= self.warmup_ratio < 1:
             raise RaytevError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(kw_only=True)
+class LoraSection(Options):
+    """Parameter-efficient fine-tuning with LoRA adapters (peft), as Tevatron main's flags name it."""
+
+    lora: bool = option(False, "Train LoRA adapters instead of the whole model (the base weights stay frozen); "
+                               "the output folder holds the adapter and names its base model.")
+    lora_r: int = option(16, "LoRA rank.", at_least=1)
+    lora_alpha: int = option(64, "LoRA scaling numerator (the update is scaled by alpha / r).", at_least=1)
+    lora_dropout: float = option(0.1, "Dropout on the adapters' inputs.", at_least=0)
+    lora_target_modules: str = option(
+        "q_proj,k_proj,v_proj,o_proj,down_proj,up_proj,gate_proj",
+        "Comma-separated names of the linear layers that get adapters (Llama/Mistral/Qwen names; BERT's are "
+        "query,key,value,dense).")
+    save_merged_model: bool = option(False, "--lora: also write the base model with the adapter merged in, as a "
+                                            "plain model folder at output_dir/merged.")
+
+    def check(self) -> None:
+        if not 0 <= self.lora_dropout < 1:
+            raise RaytevError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.save_merged_model and not self.lora:
+            raise RaytevError("--save_merged_model merges a LoRA adapter: it needs --lora.")
+
+    @property
+    def target_modules(self) -> list[str]:
+        """The target module names as a list."""
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
 
 @dataclass(kw_only=True)

@@ -19,6 +19,7 @@ from raytev.config.sections import (
     DataSection,
     IndexSection,
     InferenceSection,
+    LoraSection,
     ModelSection,
     PrecisionSection,
     QueryModelSection,
@@ -65,12 +66,27 @@ class TrainConfig(TextStage):
     output_dir: str = option(help="Where the trained model goes (a Hugging Face folder); its checkpoints/ "
                                   "subfolder lets an interrupted run resume.")
     training: TrainingSection = section(TrainingSection)
+    lora: LoraSection = section(LoraSection)
     backend: BackendSection = section(BackendSection)
     precision: PrecisionSection = section(PrecisionSection)
     cluster: ClusterSection = section(ClusterSection)
 
     def check(self) -> None:
         check_accelerators(self.backend, self.cluster)
+        training = self.training
+        if self.backend.backend == "jax":
+            torch_only = {"--lora": self.lora.lora, "--fsdp": training.fsdp,
+                          "--gradient_checkpointing": training.gradient_checkpointing,
+                          "--gradient_accumulation_steps": training.gradient_accumulation_steps > 1,
+                          "--lora_name_or_path": self.model.lora_name_or_path}
+            given = [flag for flag, value in torch_only.items() if value]
+            if given:
+                raise RaytevError(f"{', '.join(given)}: torch backend only for now; drop --backend jax (the JAX "
+                                  "backend scales batches with --grad_cache and devices with --jax_cpu_devices).")
+        if self.lora.lora and self.model.untie_encoder:
+            raise RaytevError("--lora trains one adapter on a shared encoder: drop --untie_encoder.")
+        if training.fsdp and training.num_workers == 0:
+            raise RaytevError("--fsdp shards the model across Ray Train workers: give --num_workers 1 or more.")
 
 
 @dataclass(kw_only=True)

@@ -22,6 +22,7 @@ from raytev.errors import RaytevError
 
 SETTINGS_FILE = "raytev_model.json"
 POOLING_METHODS = ("cls", "mean", "last")
+POOLING_ALIASES = {"eos": "last"}  # Tevatron main calls last-token pooling eos
 DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128  # Tevatron's
 # Files that define how text becomes tokens; their bytes are the tokenizer's fingerprint.
 TOKENIZER_FILES = (
@@ -43,7 +44,8 @@ DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
 def check_pooling(method: str) -> str:
-    """Return the pooling name if it is known; otherwise raise a RaytevError naming the choices."""
+    """Return the pooling name if it is known (aliases as their canonical name); otherwise raise a RaytevError."""
+    method = POOLING_ALIASES.get(method, method)
     if method not in POOLING_METHODS:
         raise RaytevError(
             f"unknown pooling '{method}': choose one of {', '.join(POOLING_METHODS)} "
@@ -181,7 +183,7 @@ class DenseModelSettings:
     passage_prefix: str = ""
 
     def __post_init__(self) -> None:
-        check_pooling(self.pooling)
+        object.__setattr__(self, "pooling", check_pooling(self.pooling))  # 'eos' is saved as 'last'
         if not self.temperature > 0:
             raise RaytevError(f"temperature must be above 0, got {self.temperature} (Tevatron uses 1.0, or "
                               "0.01-0.05 with normalized embeddings)")

@@ -29,7 +29,7 @@ PASSAGE_SUBFOLDER = "passage_model"
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
     """Pool [B, L, H] hidden states into [B, H]: the first token (cls), the masked mean, or the last real token."""
-    check_pooling(method)
+    method = check_pooling(method)
     if method == "cls":
         return hidden_states[:, 0]
     if method == "mean":

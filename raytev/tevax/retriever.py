@@ -58,7 +58,7 @@ class DualParams:
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, method: str) -> jax.Array:
     """[B, L, H] -> [B, H] in float32: the first token (cls), the masked mean, or the last real token."""
-    check_pooling(method)
+    method = check_pooling(method)
     hidden = at_least_float32(hidden)
     if method == "cls":
         return hidden[:, 0]
