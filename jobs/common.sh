@@ -25,10 +25,15 @@ DATA="${RAYTEV_DATA:-/mnt/cluster_storage/data}"
 NUM_GPUS="${NUM_GPUS:-4}"
 # Which stages a paper recipe runs, in order; e.g. STAGES="search eval" after the rest finished.
 STAGES="${STAGES:-}"
+# MS MARCO recipes: 1 skips the index and searches the corpus embeddings one shard at a time (raytev search
+# --shard_search: the same exact ranking in the memory of one shard). The LLM recipes set it: their 4096-dimensional
+# vectors make a flat index of the 8.8M passages 144 GB, more than the head's memory.
+SEARCH_SHARDS="${SEARCH_SHARDS:-}"
 
 # Submit one command as a Ray job and wait for it; a failed job stops the recipe (set -e).
-# Ray joins the command's words into one shell line on the head (subprocess.list2cmdline): keep $, quotes and
-# glob characters out of the arguments.
+# Ray joins the command's words into one shell line on the head (subprocess.list2cmdline): keep $, quotes,
+# backslashes and glob characters out of the arguments. Spaces are fine (a prompt such as "Query: "):
+# list2cmdline puts such a word in double quotes, which the head's shell removes.
 submit() {
   ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- "$@"
 }
@@ -38,27 +43,35 @@ stage() {
   [[ -z "$STAGES" || " $STAGES " == *" $1 "* ]]
 }
 
-# The MS MARCO passage dev evaluation both MS MARCO recipes end with, each step a stage: encode the 8.8M-passage
-# corpus (one actor per GPU) and the dev queries with the model in $1 (batch $2), index exactly, search, score.
-# Needs RUN_DIR and QRELS.
+# The MS MARCO passage dev evaluation the MS MARCO recipes end with, each step a stage: encode the 8.8M-passage
+# corpus (one actor per GPU) and the dev queries with the model in $1 (batch $2 per actor), index exactly (unless
+# SEARCH_SHARDS), search, score. The flags after $2 go to both encode commands: the precision and how the model
+# reads text (lengths, and for LLM retrievers the adapter, pooling, prompts and EOS); without any, the BERT
+# recipes' --fp16 with queries cut at 32 tokens and passages at Tevatron's 128. Needs RUN_DIR and QRELS.
 msmarco_dev_stages() {
   local model="$1" batch="$2"
+  shift 2
+  local flags=("$@")
+  ((${#flags[@]})) || flags=(--fp16 --query_max_len 32 --passage_max_len 128)
   if stage encode; then
     submit python -m raytev encode \
       --model_name_or_path "$model" --dataset_name Tevatron/msmarco-passage-corpus \
-      --passage_max_len 128 --encode_output_path "$RUN_DIR/corpus" \
-      --fp16 --per_device_eval_batch_size "$batch" --num_actors "$NUM_GPUS" --use_gpu
+      --encode_output_path "$RUN_DIR/corpus" \
+      --per_device_eval_batch_size "$batch" --num_actors "$NUM_GPUS" --use_gpu "${flags[@]}"
     submit python -m raytev encode \
       --model_name_or_path "$model" --dataset_name Tevatron/msmarco-passage --dataset_split dev \
-      --encode_is_query --query_max_len 32 --encode_output_path "$RUN_DIR/dev_queries" \
-      --fp16 --per_device_eval_batch_size "$batch" --num_actors 1 --use_gpu
+      --encode_is_query --encode_output_path "$RUN_DIR/dev_queries" \
+      --per_device_eval_batch_size "$batch" --num_actors 1 --use_gpu "${flags[@]}"
   fi
-  if stage index; then
+  local passages=(--passage_reps "$RUN_DIR/index")
+  if [[ -n "$SEARCH_SHARDS" && "$SEARCH_SHARDS" != 0 ]]; then
+    passages=(--passage_reps "$RUN_DIR/corpus" --shard_search)
+  elif stage index; then
     submit python -m raytev index --passage_reps "$RUN_DIR/corpus" --index_output_path "$RUN_DIR/index"
   fi
   if stage search; then
     submit python -m raytev search \
-      --query_reps "$RUN_DIR/dev_queries" --passage_reps "$RUN_DIR/index" --depth 1000 --batch_size -1 \
+      --query_reps "$RUN_DIR/dev_queries" "${passages[@]}" --depth 1000 --batch_size -1 \
       --save_ranking_to "$RUN_DIR/dev.run.txt"
   fi
   if stage eval; then

@@ -49,6 +49,27 @@ def save_tiny_bert(folder: Path, dropout: float = 0.0, seed: int = 0) -> Path:
     return folder
 
 
+def tiny_decoder(kind: str = "llama", dropout: float = 0.0, seed: int = 0):
+    """A 2-layer, 32-wide random Llama or Qwen2 over TINY_VOCAB (deterministic for a seed), in train mode."""
+    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+
+    torch.manual_seed(seed)
+    config_class, model_class = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model)}[kind]
+    config = config_class(vocab_size=len(TINY_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          attention_dropout=dropout, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    return model_class(config).train()
+
+
+def save_tiny_decoder(folder: Path, kind: str = "llama", dropout: float = 0.0, seed: int = 0) -> Path:
+    """Save a tiny decoder and a tokenizer whose EOS is [SEP] (what --append_eos_token appends)."""
+    tiny_decoder(kind, dropout, seed).save_pretrained(folder)
+    tokenizer = tiny_tokenizer()
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def write_jsonl(path: Path, records: list, compress: bool = False) -> Path:
     """Write records (dicts, or raw strings written as they are) one per line."""
     lines = [record if isinstance(record, str) else json.dumps(record) for record in records]

@@ -46,10 +46,18 @@ RECIPE_ENV = {"MODEL": "bert-base-uncased", "DATASET": "Tevatron/msmarco-passage
 # Flags naming files a job reads or writes: they must be absolute (a job's working directory is a temporary copy
 # that Ray deletes) and, but for the checkpoint URI, on the shared filesystem.
 PATH_FLAGS = {"output_dir", "encode_output_path", "index_output_path", "save_ranking_to", "save_to", "passage_reps",
-              "query_reps", "run", "qrels", "qa_answers", "qa_corpus", "corpus_path", "dataset_path", "index", "corpus"}
+              "query_reps", "run", "qrels", "qa_answers", "qa_corpus", "corpus_path", "dataset_path", "index", "corpus",
+              "lora_name_or_path"}
 # Ray turns the entrypoint's words into one shell line with subprocess.list2cmdline (Windows quoting) and runs it
-# with a shell on the head: only words the shell leaves alone arrive as they were sent.
+# with a shell on the head: only words the shell leaves alone arrive as they were sent. list2cmdline leaves a word
+# without spaces bare, so it may hold nothing the shell treats specially; a word with spaces (a prompt such as
+# "Query: ") it puts in double quotes, inside which the shell still expands $, ` and \ (and " ends the quotes).
 SHELL_SAFE = re.compile(r"[\w./:=,@%+-]+")
+
+
+def arrives_intact(word: str) -> bool:
+    """Whether a word of a submitted command reaches the job's process as it was sent."""
+    return bool(SHELL_SAFE.fullmatch(word.replace(" ", "")))
 
 
 def ray_prepare_and_validate(config: dict) -> None:
@@ -297,7 +305,8 @@ def run_recipe(path: Path, tmp_path: Path, **env) -> list[list[str]]:
     record = tmp_path / f"{path.stem}.calls"
     record.unlink(missing_ok=True)
     # The caller's own settings (RAYTEV_STORAGE, STAGES, ...) would change what the recipes submit.
-    ignored = RECIPE_ENV.keys() | {"STAGES", "NUM_GPUS", "TRAIN_GPUS", "TPU_HOSTS"}
+    ignored = RECIPE_ENV.keys() | {"STAGES", "NUM_GPUS", "TRAIN_GPUS", "TPU_HOSTS", "BASE_MODEL", "LORA",
+                                   "CPUS_PER_WORKER", "SEARCH_SHARDS"}
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith(("RAYTEV_", "RAY_")) and key not in ignored}
     environment.update(PATH=f"{bin_dir}:{os.environ['PATH']}", RAYTEV_RECORD=str(record), **RECIPE_ENV, **env)
@@ -339,7 +348,7 @@ def raytev_commands(path: Path, tmp_path: Path, **env) -> list[tuple[str, dict]]
             commands.append(parse_raytev(call))
             continue
         words = submitted(call)
-        unsafe = [word for word in words if not SHELL_SAFE.fullmatch(word)]
+        unsafe = [word for word in words if not arrives_intact(word)]
         assert not unsafe, f"{path.name}: words the head's shell would change: {unsafe}"
         if words[:2] == ["python", "jobs/export_hf.py"]:
             export_helper().build_parser().parse_args(words[2:])
@@ -432,6 +441,105 @@ def test_the_rayjob_trains_as_the_msmarco_recipe_does(tmp_path):
     assert parse_raytev(shlex.split(entrypoint)) == ("train", recipe)
 
 
+# How an LLM retriever reads text and pools: the training command's settings, which encoding must repeat.
+TEXT_FLAGS = ("pooling", "normalize", "append_eos_token", "query_prefix", "passage_prefix", "query_max_len",
+              "passage_max_len", "attn_implementation")
+ALL_PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,down_proj,up_proj,gate_proj"
+
+
+def test_repllama_recipe_has_tevatron_mains_llm_hyper_parameters(tmp_path):
+    commands = commands_of("repllama_msmarco.sh", tmp_path)
+    # No index: 4096-dimensional vectors of 8.8M passages are searched shard by shard, not as one flat index.
+    assert list(commands) == ["train", "encode", "search", "eval"]
+    [search] = commands["search"]
+    assert search["shard_search"] and search["passage_reps"] == commands["encode"][0]["encode_output_path"]
+    [train] = commands["train"]
+    assert (train["model_name_or_path"], train["dataset_name"]) == ("mistralai/Mistral-7B-v0.1",
+                                                                    "Tevatron/msmarco-passage-aug")
+    assert train["lora"] and train["lora_target_modules"] == ALL_PROJECTIONS
+    assert (train["lora_r"], train["lora_alpha"], train["lora_dropout"]) == (16, 64, 0.1)
+    assert (train["query_prefix"], train["passage_prefix"]) == ("Query: ", "Passage: ")
+    assert train["pooling"] in ("eos", "last") and train["normalize"] and train["append_eos_token"]
+    assert train["temperature"] == 0.01 and train["warmup_ratio"] == 0.1
+    assert train["bf16"] and not train["fp16"] and train["torch_dtype"] == "bfloat16"
+    assert train["gradient_checkpointing"] and not train["overwrite_output_dir"]
+    assert (train["per_device_train_batch_size"], train["train_group_size"], train["learning_rate"]) == (8, 16, 1e-4)
+    assert (train["query_max_len"], train["passage_max_len"], train["num_train_epochs"]) == (32, 156, 1)
+    # Tevatron's 4 GPUs x 8 queries x 4 accumulation steps, negatives shared across the GPUs, weights sharded.
+    assert (train["num_workers"], train["gradient_accumulation_steps"], train["fsdp"]) == (4, 4, True)
+    assert train["cross_worker_negatives"]
+    corpus, queries = commands["encode"]
+    for encode in (corpus, queries):
+        assert (encode["model_name_or_path"], encode["lora_name_or_path"]) == (train["model_name_or_path"],
+                                                                              train["output_dir"])
+        assert {key: encode[key] for key in TEXT_FLAGS} == {key: train[key] for key in TEXT_FLAGS}
+        assert encode["bf16"] and not encode["fp16"]
+    assert queries["encode_is_query"] and queries["dataset_split"] == "dev"
+    # 128 queries per optimizer step on any number of workers; FSDP needs more than one.
+    for gpus, accumulation in (("8", 2), ("1", 16)):
+        [run] = commands_of("repllama_msmarco.sh", tmp_path, TRAIN_GPUS=gpus, STAGES="train")["train"]
+        assert (run["num_workers"], run["gradient_accumulation_steps"], run["fsdp"]) == (int(gpus), accumulation,
+                                                                                         gpus != "1")
+    [llama] = commands_of("repllama_msmarco.sh", tmp_path, BASE_MODEL="meta-llama/Llama-2-7b-hf",
+                          STAGES="train")["train"]
+    assert llama["model_name_or_path"] == "meta-llama/Llama-2-7b-hf" and llama["output_dir"] != train["output_dir"]
+
+
+def test_llm_recipes_refuse_a_worker_count_that_breaks_the_batch(tmp_path):
+    import subprocess
+
+    for recipe in ("repllama_msmarco.sh", "qwen3_embedding_finetune.sh"):
+        with pytest.raises(subprocess.CalledProcessError):
+            run_recipe(ROOT / "jobs" / recipe, tmp_path, TRAIN_GPUS="3")
+    with pytest.raises(subprocess.CalledProcessError):
+        run_recipe(ROOT / "jobs" / "qwen3_embedding_finetune.sh", tmp_path, LORA="yes")
+
+
+def test_qwen3_recipe_leaves_pooling_and_prompts_to_the_model_folder(tmp_path):
+    commands = commands_of("qwen3_embedding_finetune.sh", tmp_path)
+    assert list(commands) == ["train", "encode", "search", "eval"] and commands["search"][0]["shard_search"]
+    [train] = commands["train"]
+    assert (train["model_name_or_path"], train["dataset_name"]) == ("Qwen/Qwen3-Embedding-0.6B",
+                                                                    "Tevatron/msmarco-passage-aug")
+    # Last-token pooling, normalization and the prompts come from the sentence-transformers folder, the EOS from
+    # its tokenizer; lengths and temperature are given (the folder's would be 32k tokens and none).
+    assert all(train[key] is None for key in ("pooling", "normalize", "query_prefix", "passage_prefix"))
+    assert not train["append_eos_token"] and train["temperature"] == 0.01
+    assert (train["query_max_len"], train["passage_max_len"]) == (64, 156)
+    # A full fine-tune on one GPU: float32 weights with bf16 autocast, activations recomputed.
+    assert not (train["lora"] or train["fsdp"] or train["fp16"]) and train["torch_dtype"] is None
+    assert train["bf16"] and train["gradient_checkpointing"] and train["learning_rate"] == 1e-5
+    assert (train["num_workers"], train["per_device_train_batch_size"], train["gradient_accumulation_steps"],
+            train["train_group_size"], train["num_train_epochs"]) == (1, 8, 16, 16, 1)
+    for encode in commands["encode"]:
+        assert encode["model_name_or_path"] == train["output_dir"] and encode["lora_name_or_path"] is None
+        assert encode["pooling"] is None and encode["query_prefix"] is None and not encode["append_eos_token"]
+        assert (encode["query_max_len"], encode["passage_max_len"], encode["bf16"]) == (64, 156, True)
+
+    lora = commands_of("qwen3_embedding_finetune.sh", tmp_path, BASE_MODEL="Qwen/Qwen3-Embedding-8B", LORA="1")
+    [adapter] = lora["train"]
+    assert adapter["lora"] and adapter["lora_target_modules"] == ALL_PROJECTIONS and adapter["learning_rate"] == 1e-4
+    assert (adapter["num_workers"], adapter["gradient_accumulation_steps"], adapter["fsdp"]) == (4, 4, True)
+    assert adapter["torch_dtype"] == "bfloat16" and adapter["output_dir"] != train["output_dir"]
+    for encode in lora["encode"]:
+        assert (encode["model_name_or_path"], encode["lora_name_or_path"]) == ("Qwen/Qwen3-Embedding-8B",
+                                                                              adapter["output_dir"])
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "gcp-gpu.yaml"])
+@pytest.mark.parametrize("recipe, env", [("repllama_msmarco.sh", {}), ("qwen3_embedding_finetune.sh", {"LORA": "1"})])
+def test_llm_training_workers_land_together_on_the_multi_gpu_worker_type(name, recipe, env, tmp_path):
+    """Each worker asks for more CPUs than a single-GPU node has: the autoscaler must start one node that holds them
+    all, not spread a 7B model's FSDP traffic over single-GPU nodes."""
+    [train] = commands_of(recipe, tmp_path, STAGES="train", **env)["train"]
+    config = load(ROOT / "clusters" / name)
+    workers = [node["resources"] for key, node in config["available_node_types"].items()
+               if key != config["head_node_type"]]
+    holds = [min(resources.get("GPU", 0), resources["CPU"] // train["cpus_per_worker"]) for resources in workers]
+    assert max(holds) >= train["num_workers"], holds
+    assert all(count == 0 or count >= train["num_workers"] for count in holds), holds
+
+
 def test_nq_tpu_recipe_is_the_papers_tpu_setup(tmp_path):
     commands = commands_of("nq_dpr_tpu.sh", tmp_path)
     assert set(commands) == {"train", "encode", "index", "search", "eval"}
@@ -500,8 +608,36 @@ def test_the_tpu_cluster_shows_the_nq_tpu_recipes_training_command(tmp_path):
     assert parse_raytev(words) == ("train", recipe)
 
 
+def test_words_the_check_allows_reach_the_job_as_sent():
+    """Ray's list2cmdline and the head's shell (`subprocess.Popen(..., shell=True)`) leave allowed words alone."""
+    import subprocess
+    import sys
+
+    def through_the_head(words: list[str]) -> list[str]:
+        probe = f"{shlex.quote(sys.executable)} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+        line = f"{probe} {subprocess.list2cmdline(words)}"
+        return json.loads(subprocess.run(line, shell=True, check=True, capture_output=True, text=True).stdout)
+
+    allowed = ["--query_prefix", "Query: ", "--passage_prefix", "Passage: ", "a  b", f"{SHARED}/x-1.2/y_z",
+               "q_proj,k_proj", "--lr=1e-4", "user@host:5%+"]
+    assert all(arrives_intact(word) for word in allowed)
+    assert through_the_head(allowed) == allowed
+    refused = ["$HOME", "cost $5 each", "a*", "it's", 'say "hi"', "a\\ b", "`date`", " "]
+    assert not any(arrives_intact(word) for word in refused)
+    assert through_the_head(["cost $5 each", "`echo x`"]) != ["cost $5 each", "`echo x`"]
+
+
 def test_stages_can_be_chosen(tmp_path):
     assert list(commands_of("msmarco_bert_base.sh", tmp_path, STAGES="search eval")) == ["search", "eval"]
+
+
+def test_msmarco_recipes_can_search_without_an_index(tmp_path):
+    indexed = commands_of("msmarco_bert_base.sh", tmp_path)
+    sharded = commands_of("msmarco_bert_base.sh", tmp_path, SEARCH_SHARDS="1")
+    assert "index" in indexed and "index" not in sharded
+    [with_index], [without] = indexed["search"], sharded["search"]
+    assert (with_index["passage_reps"], with_index["shard_search"]) == (indexed["index"][0]["index_output_path"], False)
+    assert (without["passage_reps"], without["shard_search"]) == (indexed["encode"][0]["encode_output_path"], True)
 
 
 def test_the_runtime_env_is_one_ray_accepts():

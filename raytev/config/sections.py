@@ -162,6 +162,11 @@ class TrainingSection(Options):
         if not 0 <= self.warmup_ratio < 1:
             raise RaytevError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
+    @property
+    def queries_per_worker_step(self) -> int:
+        """Queries each worker trains on per optimizer step: the per-device batch times the micro-batches."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
 
 @dataclass(kw_only=True)
 class LoraSection(Options):

@@ -65,6 +65,16 @@ class TrainConfig(TextStage):
 
     output_dir: str = option(help="Where the trained model goes (a Hugging Face folder); its checkpoints/ "
                                   "subfolder lets an interrupted run resume.")
+    push_to_hub: bool = option(False, "Upload the trained model to the Hugging Face Hub (a model repo, created if "
+                                      "new; checkpoints stay local). Needs `hf auth login` or HF_TOKEN.")
+    hub_model_id: str | None = option(None, "--push_to_hub's repo: 'user/name', 'org/name' or 'name' (under your "
+                                            "account). Default: output_dir's folder name.")
+    hub_private_repo: bool | None = option(None, "--push_to_hub creates a private repo. Default: the Hub's (public "
+                                                 "unless your organization says otherwise); an existing repo keeps "
+                                                 "its visibility.")
+    remove_checkpoints: bool = option(False, "Delete the run's checkpoints (output_dir/checkpoints, or its folder "
+                                             "under --storage_path) once the model is exported, so output_dir holds "
+                                             "only the model. The run can then no longer be resumed or extended.")
     training: TrainingSection = section(TrainingSection)
     lora: LoraSection = section(LoraSection)
     backend: BackendSection = section(BackendSection)
@@ -87,6 +97,9 @@ class TrainConfig(TextStage):
             raise RaytevError("--lora trains one adapter on a shared encoder: drop --untie_encoder.")
         if training.fsdp and training.num_workers == 0:
             raise RaytevError("--fsdp shards the model across Ray Train workers: give --num_workers 1 or more.")
+        if training.fsdp and self.precision.fp16:
+            raise RaytevError("--fsdp with --fp16 would need a sharded gradient scaler: use --bf16 (or "
+                              "--torch_dtype bfloat16) with --fsdp.")
 
 
 @dataclass(kw_only=True)

@@ -21,6 +21,7 @@ from raytev.config.sections import TextSection
 from raytev.errors import RaytevError
 
 SETTINGS_FILE = "raytev_model.json"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's: a LoRA adapter folder, naming its base model
 POOLING_METHODS = ("cls", "mean", "last")
 POOLING_ALIASES = {"eos": "last"}  # Tevatron main calls last-token pooling eos
 DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128  # Tevatron's
@@ -169,6 +170,38 @@ def model_max_seq_length(path_or_name: str, cache_dir: str | None = None) -> int
         return None
 
 
+# --- LoRA adapter folders -------------------------------------------------------------------------------------
+
+def adapter_base_model(path_or_name: str, cache_dir: str | None = None) -> str | None:
+    """The base model a LoRA adapter folder (peft's adapter_config.json) names, or None for any other model."""
+    config = read_model_json(path_or_name, ADAPTER_CONFIG_FILE, cache_dir)
+    if config is None:
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not base:
+        raise RaytevError(f"{path_or_name}/{ADAPTER_CONFIG_FILE} names no base_model_name_or_path: pass the base "
+                          "model as --model_name_or_path and the adapter as --lora_name_or_path")
+    return base
+
+
+def split_adapter(path_or_name: str, adapter: str | None = None,
+                  cache_dir: str | None = None) -> tuple[str, str | None]:
+    """(base model, adapter or None) of a model given as a base plus --lora_name_or_path, or as an adapter folder
+    alone (which names its base)."""
+    named_base = adapter_base_model(path_or_name, cache_dir)
+    if named_base is None:
+        return path_or_name, adapter
+    if adapter is not None and adapter != path_or_name:
+        raise RaytevError(f"'{path_or_name}' is itself a LoRA adapter (of {named_base}): give it alone, or give "
+                          f"the base model with --lora_name_or_path {adapter}")
+    return resolve_model_path(named_base), path_or_name
+
+
+def base_model_reference(name: str, path: str) -> str:
+    """How an adapter should name its base: the hub name the user gave (portable), or the absolute folder."""
+    return name if not looks_like_local_path(name) else os.path.abspath(os.path.expanduser(path))
+
+
 # --- raytev_model.json -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -181,6 +214,9 @@ class DenseModelSettings:
     untied: bool = False
     query_prefix: str = ""
     passage_prefix: str = ""
+    # The lengths the model was trained with (an export records them; sentence-transformers' one length cannot).
+    query_max_len: int | None = None
+    passage_max_len: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", check_pooling(self.pooling))  # 'eos' is saved as 'last'
@@ -245,6 +281,24 @@ class ResolvedModel:
     append_eos_token: bool = False
     dtype: str | None = None  # weights at inference: "bfloat16", "float16" or None (float32)
     cache_dir: str | None = None
+    adapter: str | None = None  # a LoRA adapter on top of `path` (folder or hub name)
+    base_reference: str | None = None  # how a newly trained adapter names its base model
+    attn_implementation: str | None = None
+    torch_dtype: str | None = None  # dtype the weights load in (None: float32)
+
+    @property
+    def identity(self) -> str:
+        """What the weights are: the model's path, and its adapter's when there is one."""
+        return f"{self.path}+{self.adapter}" if self.adapter else self.path
+
+    def load_arguments(self) -> dict:
+        """Keyword arguments for transformers' from_pretrained: attention kernel and weight dtype, when chosen."""
+        arguments = {"cache_dir": self.cache_dir}
+        if self.attn_implementation:
+            arguments["attn_implementation"] = self.attn_implementation
+        if self.torch_dtype and self.torch_dtype != "float32":
+            arguments["dtype"] = self.torch_dtype
+        return arguments
 
     @property
     def query_prefix(self) -> str:
@@ -278,20 +332,39 @@ class ResolvedModel:
 def resolve_model(model, text=None, precision=None) -> ResolvedModel:
     """The ResolvedModel of a stage's model, text and precision sections (raytev.config.sections).
 
-    Lengths: the flag, else a sentence-transformers model's max_seq_length, else Tevatron's 32 / 128.
+    A LoRA adapter (--lora_name_or_path, or an adapter folder given as the model) brings its own settings and
+    tokenizer when it was saved with them; otherwise the base model's apply.
+    Lengths: the flag, else the lengths a raytev export was trained with, else a sentence-transformers model's
+    max_seq_length, else Tevatron's 32 / 128.
     """
     text = text or TextSection()  # no text flags: every length and prompt is the model's own
-    path = resolve_model_path(model.model_name_or_path)
+    given = resolve_model_path(model.model_name_or_path)
+    check_model_source(given)
+    adapter_flag = getattr(model, "lora_name_or_path", None)
+    if adapter_flag:
+        check_model_source(adapter_flag)
+    path, adapter = split_adapter(given, adapter_flag, model.cache_dir)
     check_model_source(path)
+    # The adapter's folder speaks for the model when raytev saved it (settings, tokenizer); else the base does.
+    own = adapter if adapter and read_saved_settings(adapter, model.cache_dir) is not None else path
     overrides = {"pooling": model.pooling, "normalize": model.normalize, "temperature": model.temperature,
                  "untied": model.untie_encoder, "query_prefix": text.query_prefix,
                  "passage_prefix": text.passage_prefix}
-    settings = resolve_settings(path, overrides, model.cache_dir)
-    own_length = model_max_seq_length(path, model.cache_dir)
+    settings = resolve_settings(own, overrides, model.cache_dir)
+    if adapter and settings.untied:
+        raise RaytevError(f"'{adapter}' is a LoRA adapter: raytev applies adapters to tied encoders only "
+                          "(drop --untie_encoder)")
+    own_length = model_max_seq_length(own, model.cache_dir) or model_max_seq_length(path, model.cache_dir)
+    tokenizer_source = model.tokenizer_name or (own if find_model_file(own, "tokenizer_config.json",
+                                                                         model.cache_dir) else path)
+    torch_dtype = getattr(model, "torch_dtype", None)
+    reduced = torch_dtype if torch_dtype in ("bfloat16", "float16") else None
     return ResolvedModel(
         name=model.model_name_or_path, path=path, settings=settings,
-        tokenizer_dir=tokenizer_dir(model.tokenizer_name or path, model.cache_dir),
-        query_max_len=text.query_max_len or own_length or DEFAULT_QUERY_MAX_LEN,
-        passage_max_len=text.passage_max_len or own_length or DEFAULT_PASSAGE_MAX_LEN,
+        tokenizer_dir=tokenizer_dir(tokenizer_source, model.cache_dir),
+        query_max_len=text.query_max_len or settings.query_max_len or own_length or DEFAULT_QUERY_MAX_LEN,
+        passage_max_len=text.passage_max_len or settings.passage_max_len or own_length or DEFAULT_PASSAGE_MAX_LEN,
         append_eos_token=text.append_eos_token,
-        dtype=precision.dtype_name if precision is not None else None, cache_dir=model.cache_dir)
+        dtype=(precision.dtype_name if precision is not None else None) or reduced, cache_dir=model.cache_dir,
+        adapter=adapter, base_reference=base_model_reference(model.model_name_or_path, path) if not adapter else None,
+        attn_implementation=getattr(model, "attn_implementation", None), torch_dtype=torch_dtype)

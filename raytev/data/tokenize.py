@@ -61,7 +61,9 @@ class TextTokenizer:
             return_token_type_ids=False,
         )["input_ids"]
         if self.append_eos:
-            ids = [row + [self.tokenizer.eos_token_id] for row in ids]
+            # A tokenizer that ends every text with its EOS token itself gets no second one.
+            eos = self.tokenizer.eos_token_id
+            ids = [row if row and row[-1] == eos else row + [eos] for row in ids]
         return ids
 
     @classmethod

@@ -18,8 +18,10 @@ from raytev.data.model_folder import (
     check_pooling,
     read_saved_settings,
     resolve_settings,
+    split_adapter,
 )
 from raytev.errors import RaytevError
+from raytev.modeling.adapters import is_adapted, load_lora
 from raytev.modeling.loss import contrastive_loss
 from raytev.staging import staged_directory
 
@@ -49,6 +51,13 @@ class DenseOutput(ModelOutput):
     scores: torch.Tensor | None = None
     q_reps: torch.Tensor | None = None
     p_reps: torch.Tensor | None = None
+
+
+def _part(state_dict: dict | None, prefix: str) -> dict | None:
+    """The entries of a DenseModel state dict under one encoder, named as that encoder names them."""
+    if state_dict is None:
+        return None
+    return {name[len(prefix):]: value for name, value in state_dict.items() if name.startswith(prefix)}
 
 
 def _load_encoder(path_or_name: str, subfolder: str = "", **hf_kwargs) -> PreTrainedModel:
@@ -84,6 +93,21 @@ class DenseModel(torch.nn.Module):
             self.passage_encoder = passage_encoder
         # None gathers negatives from all workers whenever torch.distributed runs with several.
         self.cross_worker_negatives = cross_worker_negatives
+        # Decoders would keep every layer's keys and values for generation: an embedding never reuses them.
+        self._forward_options = {"use_cache": False} if hasattr(query_encoder.config, "use_cache") else {}
+
+    def encoders(self) -> list[PreTrainedModel]:
+        """The encoder(s): one when tied, query then passage when untied."""
+        return [self.query_encoder, self.passage_encoder] if self.settings.untied else [self.query_encoder]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute layer activations in backward (non-reentrant: it works under DDP/FSDP, with frozen inputs
+        under LoRA, and replays dropout's RNG, so gradients equal the unchanged model's)."""
+        for encoder in self.encoders():
+            if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5's name
+                encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _passage_side(self) -> PreTrainedModel:
         """The encoder that reads passages: the query encoder itself when tied."""
@@ -91,7 +115,7 @@ class DenseModel(torch.nn.Module):
 
     def _encode(self, encoder: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pool (and normalize, if set) the encoder's last hidden states."""
-        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask, **self._forward_options).last_hidden_state
         # Pool and normalize in float32 whatever the encoder's dtype: bf16 sums and norms lose ranking precision.
         reps = pool(hidden.float(), attention_mask, self.settings.pooling)
         return F.normalize(reps, dim=-1) if self.settings.normalize else reps
@@ -143,14 +167,25 @@ class DenseModel(torch.nn.Module):
         return cls.load(path_or_name, settings, cross_worker_negatives, cache_dir, **hf_kwargs)
 
     @classmethod
-    def from_resolved(cls, model: ResolvedModel, cross_worker_negatives: bool | None = None, **hf_kwargs) -> DenseModel:
-        """The DenseModel of a ResolvedModel (its settings as resolved when the stage started)."""
-        return cls.load(model.path, model.settings, cross_worker_negatives, model.cache_dir, **hf_kwargs)
+    def from_resolved(cls, model: ResolvedModel, cross_worker_negatives: bool | None = None,
+                      trainable_adapter: bool = False, **hf_kwargs) -> DenseModel:
+        """The DenseModel of a ResolvedModel (its settings, adapter, attention kernel and dtype as resolved when
+        the stage started)."""
+        arguments = {**model.load_arguments(), **hf_kwargs}
+        cache_dir = arguments.pop("cache_dir", None)
+        return cls.load(model.path, model.settings, cross_worker_negatives, cache_dir, adapter=model.adapter,
+                        trainable_adapter=trainable_adapter, **arguments)
 
     @classmethod
     def load(cls, path_or_name: str, settings: DenseModelSettings, cross_worker_negatives: bool | None = None,
-             cache_dir: str | None = None, **hf_kwargs) -> DenseModel:
-        """The weights at `path_or_name` with these settings (a raytev untied save: both encoders)."""
+             cache_dir: str | None = None, adapter: str | None = None, trainable_adapter: bool = False,
+             **hf_kwargs) -> DenseModel:
+        """The weights at `path_or_name` with these settings (a raytev untied save: both encoders).
+
+        A LoRA adapter (`adapter`, or `path_or_name` being an adapter folder) is put on the encoder: trainable, or
+        merged into its weights for inference.
+        """
+        path_or_name, adapter = split_adapter(path_or_name, adapter, cache_dir)
         saved = read_saved_settings(path_or_name, cache_dir)
         if saved is not None and saved.untied:
             query_encoder = _load_encoder(path_or_name, QUERY_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
@@ -158,16 +193,35 @@ class DenseModel(torch.nn.Module):
         else:
             query_encoder = _load_encoder(path_or_name, cache_dir=cache_dir, **hf_kwargs)
             passage_encoder = None  # when untied is asked for, __init__ copies the query encoder
+        if adapter is not None:
+            if settings.untied:
+                raise RaytevError(f"'{adapter}' is a LoRA adapter: raytev applies adapters to tied encoders only")
+            query_encoder = load_lora(query_encoder, adapter, trainable_adapter, cache_dir)
         return cls(query_encoder, passage_encoder, settings, cross_worker_negatives)
 
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
-        """Save HF weights (tied: at the top; untied: query_model/, passage_model/), settings and tokenizer."""
+    @property
+    def has_adapter(self) -> bool:
+        """Whether the (tied) encoder carries LoRA adapters: a save then holds the adapter, not the weights."""
+        return is_adapted(self.query_encoder)
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None, state_dict: dict | None = None,
+                        max_seq_length: int | None = None) -> None:
+        """Save HF weights (tied: at the top; untied: query_model/, passage_model/), settings and tokenizer.
+
+        `state_dict`: this model's full state dict when the module holds only a shard of it (FSDP).
+        `max_seq_length`: also write the sentence-transformers files with this length (tied models)."""
         with staged_directory(directory) as staging:
             if self.settings.untied:
-                self.query_encoder.save_pretrained(staging / QUERY_SUBFOLDER)
-                self.passage_encoder.save_pretrained(staging / PASSAGE_SUBFOLDER)
-            else:
-                self.query_encoder.save_pretrained(staging)
+                self.query_encoder.save_pretrained(staging / QUERY_SUBFOLDER,
+                                                   state_dict=_part(state_dict, "query_encoder."))
+                self.passage_encoder.save_pretrained(staging / PASSAGE_SUBFOLDER,
+                                                     state_dict=_part(state_dict, "passage_encoder."))
+            else:  # with adapters: the adapter alone, naming its base model
+                self.query_encoder.save_pretrained(staging, state_dict=_part(state_dict, "query_encoder."))
             self.settings.save(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
+            if max_seq_length is not None:
+                from raytev.data.sentence_transformers_files import write_sentence_transformers_files
+
+                write_sentence_transformers_files(staging, self.settings, max_seq_length)

@@ -51,17 +51,58 @@ def backward_loss(loss: torch.Tensor, scaler=None) -> None:
     (scaler.scale(loss) if scaler is not None else loss).backward()
 
 
+@contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Whether backward passes in the block reduce gradients across workers (DDP's no_sync, FSDP2's
+    set_requires_gradient_sync); off, gradients accumulate locally until a later backward with it on. Nestable:
+    inside an outer 'off', 'on' changes nothing."""
+    if enabled:
+        yield
+        return
+    no_sync = getattr(model, "no_sync", None)  # DDP
+    if no_sync is not None:
+        with no_sync():
+            yield
+        return
+    if not hasattr(model, "set_requires_gradient_sync"):  # one process: nothing is reduced anyway
+        yield
+        return
+    depth = getattr(model, "_raytev_sync_off_depth", 0)  # FSDP2 has no getter to restore from
+    model._raytev_sync_off_depth = depth + 1
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model._raytev_sync_off_depth = depth
+        if depth == 0:
+            model.set_requires_gradient_sync(True)
+
+
+def micro_batches(batch: dict, count: int) -> list[dict]:
+    """Cut a training batch into `count` equal micro-batches of whole queries with their passage groups (passages
+    are group-major, so the same cut applies to both)."""
+    if count == 1:
+        return [batch]
+    queries = len(batch["query_input_ids"])
+    if queries % count:
+        raise ValueError(f"{queries} queries cannot be cut into {count} equal micro-batches")
+    parts = {name: tensor.chunk(count) for name, tensor in batch.items()}
+    return [{name: chunks[index] for name, chunks in parts.items()} for index in range(count)]
+
+
 def plain_step(
     model: torch.nn.Module,
     batch: dict,
     *,
     autocast_dtype: torch.dtype | None = None,
     scaler=None,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Forward the whole batch, back-propagate its loss into `.grad`, and return the loss detached."""
+    """Forward the whole batch, back-propagate its loss (times `loss_scale`) into `.grad`, and return the loss
+    detached."""
     with forward_precision(model, autocast_dtype):
         loss = model(query=query_inputs(batch), passage=passage_inputs(batch)).loss
-    backward_loss(loss, scaler)
+    backward_loss(loss * loss_scale, scaler)
     return loss.detach()
 
 
@@ -114,6 +155,7 @@ def grad_cache_step(
     p_chunk_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
     scaler=None,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
     """Same effect as plain_step (loss returned detached, `.grad` filled), holding one chunk's graph at a time."""
     chunks = [("query", chunk) for chunk in split_inputs(query_inputs(batch), q_chunk_size)]
@@ -131,15 +173,13 @@ def grad_cache_step(
     p_reps = torch.cat(cached[num_query_chunks:]).requires_grad_()
     with forward_precision(model, autocast_dtype):
         _, loss = unwrap(model).compute_loss(q_reps, p_reps)
-    backward_loss(loss, scaler)  # reaches only the cached embeddings: they are graph leaves
+    backward_loss(loss * loss_scale, scaler)  # reaches only the cached embeddings: they are graph leaves
     rep_grads = [*q_reps.grad.split([len(r) for r in cached[:num_query_chunks]]),
                  *p_reps.grad.split([len(r) for r in cached[num_query_chunks:]])]
 
-    # Under DDP, all-reduce gradients once: after the last chunk's backward, not after each one.
-    no_sync = getattr(model, "no_sync", None)
+    # Reduce gradients across workers once: after the last chunk's backward, not after each one.
     for index, ((side, chunk), state, rep_grad) in enumerate(zip(chunks, states, rep_grads)):
-        is_last = index == len(chunks) - 1
-        with (no_sync() if no_sync is not None and not is_last else nullcontext()):
+        with gradient_sync(model, enabled=index == len(chunks) - 1):
             with state.replay(), forward_precision(model, autocast_dtype):
                 reps = _embed(model, side, chunk)
             (reps * rep_grad).sum().backward()

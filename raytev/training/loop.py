@@ -23,10 +23,19 @@ from transformers import get_linear_schedule_with_warmup
 
 from raytev.data.collate import TrainingCollator
 from raytev.data.feed import iter_training_batches
+from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
-from raytev.modeling.training_step import grad_cache_step, plain_step, unwrap
+from raytev.modeling.training_step import grad_cache_step, gradient_sync, micro_batches, plain_step, unwrap
 from raytev.staging import staged_directory
 from raytev.training.plan import TrainingPlan, check_resumable
+from raytev.training.sharding import (
+    OPTIMIZER_SHARDS_DIR,
+    full_state_dict,
+    is_sharded,
+    load_sharded_optimizer,
+    save_sharded_optimizer,
+    shard_model,
+)
 from raytev.training.state import (
     CHECKPOINT_PATTERN,
     MODEL_DIR,
@@ -59,7 +68,7 @@ def train_loop_per_worker(config: dict) -> None:
         log.add(state, loss, scheduler.get_last_lr()[0])
         if checkpoint_due(plan, state):
             save_checkpoint(plan, state, rank, lambda directory: write_checkpoint(
-                directory, state, model, optimizer, scheduler, scaler))
+                directory, state, model, optimizer, scheduler, scaler, rank), every_rank_writes=training.fsdp)
 
 
 def remaining_batches(plan: TrainingPlan, state: TrainerState, shard) -> Iterator[dict]:
@@ -72,7 +81,7 @@ def remaining_batches(plan: TrainingPlan, state: TrainerState, shard) -> Iterato
     training, seed = plan.training, plan.config.data.seed
     collator = TrainingCollator.for_table(plan.queries, training, seed)
     while state.step < plan.total_steps:
-        batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.per_device_train_batch_size,
+        batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.queries_per_worker_step,
                                         steps=plan.steps_per_epoch, skip=state.step_in_epoch,
                                         shuffle_buffer=training.shuffle_buffer_size or None,
                                         shuffle_seed=seed + state.epoch)
@@ -92,11 +101,18 @@ def checkpoint_due(plan: TrainingPlan, state: TrainerState) -> bool:
 
 
 def train_step(model, batch, device, step_function, optimizer, scheduler, scaler, plan: TrainingPlan) -> torch.Tensor:
-    """One optimizer step on one batch: forward/backward, unscale and clip, step, schedule. Returns the loss on
-    the device (reading it would wait for the device: the log reads it every logging_steps)."""
+    """One optimizer step on one batch: forward/backward of each micro-batch (gradients reduced across workers
+    after the last), unscale and clip, step, schedule. Returns the mean loss on the device (reading it would
+    wait for the device: the log reads it every logging_steps)."""
     model.train()
     batch = {name: tensor.to(device, non_blocking=True) for name, tensor in batch.items()}
-    loss = step_function(model, batch, autocast_dtype=autocast_dtype(plan), scaler=scaler)
+    parts = micro_batches(batch, plan.training.gradient_accumulation_steps)
+    loss = 0.0
+    for index, part in enumerate(parts):
+        with gradient_sync(model, enabled=index == len(parts) - 1):
+            loss = loss + step_function(model, part, autocast_dtype=autocast_dtype(plan), scaler=scaler,
+                                        loss_scale=1.0 / len(parts))
+    loss = loss / len(parts)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if plan.training.max_grad_norm > 0:
@@ -113,23 +129,37 @@ def train_step(model, batch, device, step_function, optimizer, scheduler, scaler
 
 def set_up(plan: TrainingPlan, device: torch.device):
     """(model, optimizer, scheduler, scaler, trainer state): fresh, or restored from the checkpoint to resume."""
-    cross_worker = plan.training.cross_worker_negatives
+    sharded = plan.training.fsdp
     with resume_directory(plan) as resume_dir:
-        if resume_dir is None:
-            model = DenseModel.from_resolved(plan.model, cross_worker_negatives=cross_worker)
-        else:
-            model = DenseModel.from_pretrained(str(Path(resume_dir) / MODEL_DIR), cross_worker_negatives=cross_worker)
-        model = wrap_for_training(model)
+        model = wrap_for_training(load_model(plan, resume_dir), plan, device)
         optimizer = build_optimizer(unwrap(model), plan.training)
         scheduler = build_scheduler(optimizer, plan.training, plan.total_steps)
         scaler = torch.amp.GradScaler(device.type) if plan.config.precision.fp16 else None
         state = TrainerState(data_fingerprint=plan.queries.manifest["fingerprint"],
                              global_batch_size=plan.global_batch_size)
         if resume_dir is not None:
-            state = load_training_state(Path(resume_dir), optimizer, scheduler, scaler)
+            state = load_training_state(Path(resume_dir), None if sharded else optimizer, scheduler, scaler)
+            if sharded:
+                load_sharded_optimizer(model, optimizer, Path(resume_dir) / OPTIMIZER_SHARDS_DIR)
             check_resumable(state, plan, str(resume_dir))
             state.log.append({"event": "resumed", "from_step": state.step})
     return model, optimizer, scheduler, scaler, state
+
+
+def load_model(plan: TrainingPlan, resume_dir: str | None) -> DenseModel:
+    """The model this run trains: the checkpoint's when resuming, else the configured one with fresh LoRA
+    adapters under --lora; gradient checkpointing switched on as asked."""
+    cross_worker = plan.training.cross_worker_negatives
+    if resume_dir is None:
+        model = DenseModel.from_resolved(plan.model, cross_worker_negatives=cross_worker, trainable_adapter=True)
+    else:  # a LoRA checkpoint's model/ is the adapter folder, which names its base model
+        model = DenseModel.from_pretrained(str(Path(resume_dir) / MODEL_DIR), cross_worker_negatives=cross_worker,
+                                           trainable_adapter=True, **plan.model.load_arguments())
+    if plan.config.lora.lora and not model.has_adapter:
+        model.query_encoder = add_lora(model.query_encoder, plan.config.lora, plan.model.base_reference)
+    if plan.training.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
 
 
 def resume_directory(plan: TrainingPlan):
@@ -152,12 +182,15 @@ def autocast_dtype(plan: TrainingPlan) -> torch.dtype | None:
     return getattr(torch, name) if name else None
 
 
-def wrap_for_training(model: DenseModel) -> torch.nn.Module:
-    """Move the model to this worker's device and wrap it in DDP when there are several workers.
+def wrap_for_training(model: DenseModel, plan: TrainingPlan, device: torch.device) -> torch.nn.Module:
+    """Move the model to this worker's device and wrap it: DDP when there are several workers, or FSDP2
+    shards with --fsdp (raytev.training.sharding).
 
     Unused parameters are expected: BERT's pooler never gets a gradient, and a GradCache chunk of an
     untied model runs only one of its two encoders.
     """
+    if plan.training.fsdp:
+        return shard_model(model.to(device))
     return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
 
@@ -223,15 +256,26 @@ def format_entry(entry: dict, total_steps: int) -> str:
             f"lr {entry['learning_rate']:.2e}  {entry['samples_per_second']:.1f} queries/s")
 
 
-def write_checkpoint(directory: Path, state: TrainerState, model, optimizer, scheduler, scaler) -> None:
-    """Model, optimizer, scheduler, scaler, RNG and trainer state into one folder."""
-    unwrap(model).save_pretrained(directory / MODEL_DIR)
-    save_training_state(directory, state, optimizer, scheduler, scaler)
+def write_checkpoint(directory: Path, state: TrainerState, model, optimizer, scheduler, scaler, rank: int) -> None:
+    """Model, optimizer, scheduler, scaler, RNG and trainer state into one folder. Sharded (FSDP), every rank
+    calls it: the weights are gathered to rank 0 and each rank writes its slice of the optimizer state."""
+    dense = unwrap(model)
+    if not is_sharded(model):
+        dense.save_pretrained(directory / MODEL_DIR)
+        save_training_state(directory, state, optimizer, scheduler, scaler)
+        return
+    weights = full_state_dict(model, trainable_only=dense.has_adapter)
+    save_sharded_optimizer(model, optimizer, directory / OPTIMIZER_SHARDS_DIR)
+    if rank == 0:
+        dense.save_pretrained(directory / MODEL_DIR, state_dict=weights)
+        save_training_state(directory, state, None, scheduler, scaler)
 
 
-def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: Callable[[Path], None]) -> None:
+def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: Callable[[Path], None],
+                    every_rank_writes: bool = False) -> None:
     """Checkpoint through ray.train.report (every rank calls it: it is a barrier); rank 0's `write` provides the
-    files (it fills the folder it is given)."""
+    files (it fills the folder it is given), or every rank's when `every_rank_writes` (sharded state: Ray merges
+    the ranks' folders into one checkpoint)."""
     metrics = {"step": state.step, "epoch": state.epoch, "loss": state.log[-1].get("loss") if state.log else None}
     name = checkpoint_name(state.step)
     if plan.num_workers == 0:
@@ -242,7 +286,7 @@ def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: C
         prune_checkpoints(Path(plan.run_dir), keep=plan.training.save_total_limit)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(target)))
         return
-    if rank != 0:
+    if rank != 0 and not every_rank_writes:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as temporary:

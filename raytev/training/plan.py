@@ -38,18 +38,19 @@ class TrainingPlan:
 
     @property
     def global_batch_size(self) -> int:
-        """Queries per optimizer step across all workers."""
-        return self.training.per_device_train_batch_size * max(self.num_workers, 1)
+        """Queries per optimizer step across all workers (micro-batches of gradient accumulation included)."""
+        return self.training.queries_per_worker_step * max(self.num_workers, 1)
 
 
 def step_counts(num_queries: int, training) -> tuple[int, int]:
     """(steps per epoch, total steps): workers get equal shares of the queries; partial batches are dropped."""
     workers = max(training.num_workers, 1)
-    steps_per_epoch = num_queries // workers // training.per_device_train_batch_size
+    steps_per_epoch = num_queries // workers // training.queries_per_worker_step
     if steps_per_epoch == 0:
         raise RaytevError(
-            f"{num_queries} training queries cannot fill one step of {training.per_device_train_batch_size} "
-            f"queries on each of {workers} workers: lower --per_device_train_batch_size or --num_workers.")
+            f"{num_queries} training queries cannot fill one step of {training.queries_per_worker_step} "
+            f"queries on each of {workers} workers: lower --per_device_train_batch_size, "
+            "--gradient_accumulation_steps or --num_workers.")
     total = training.max_steps if training.max_steps > 0 else training.num_train_epochs * steps_per_epoch
     return steps_per_epoch, total
 
@@ -66,5 +67,18 @@ def check_resumable(state: TrainerState, plan: TrainingPlan, checkpoint: str) ->
                           "or --overwrite_output_dir to start over.")
     if state.global_batch_size != plan.global_batch_size:
         raise RaytevError(f"{checkpoint} was trained with a global batch of {state.global_batch_size} queries, this "
-                          f"run has {plan.global_batch_size}: keep --per_device_train_batch_size x --num_workers the "
-                          "same to resume, or use --overwrite_output_dir to start over.")
+                          f"run has {plan.global_batch_size}: keep --per_device_train_batch_size x --num_workers x "
+                          "--gradient_accumulation_steps the same to resume (with --fsdp, any worker count that "
+                          "keeps it), or use --overwrite_output_dir to start over.")
+
+
+def training_warnings(config) -> list[str]:
+    """What a run's settings do that users may not expect (printed, not refused)."""
+    training, warnings = config.training, []
+    if training.gradient_accumulation_steps > 1:
+        pool = "each GradCache micro-batch" if training.grad_cache else "each micro-batch"
+        warnings.append(
+            f"--gradient_accumulation_steps {training.gradient_accumulation_steps}: {pool} scores its queries "
+            "against its own passages only, so every query sees fewer in-batch negatives than one batch of the "
+            "same size would give. --grad_cache alone gives the whole batch's negatives in the same memory.")
+    return warnings

@@ -64,8 +64,10 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_training_state(directory: Path, state: TrainerState, optimizer, scheduler, scaler=None) -> None:
-    """Write optimizer, scheduler, scaler and RNG states, then the trainer state (the completion mark)."""
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    """Write optimizer, scheduler, scaler and RNG states, then the trainer state (the completion mark).
+
+    `optimizer` None: its state is saved elsewhere (sharded, by raytev.training.sharding)."""
+    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states()},
                directory / OPTIMIZER_FILE)
     (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1) + "\n")
@@ -77,9 +79,11 @@ def read_trainer_state(directory: Path) -> TrainerState:
 
 
 def load_training_state(directory: Path, optimizer, scheduler, scaler=None) -> TrainerState:
-    """Restore optimizer, scheduler, scaler and RNG states from a checkpoint; return its trainer state."""
+    """Restore optimizer (unless None), scheduler, scaler and RNG states from a checkpoint; return its trainer
+    state."""
     saved = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     if scaler is not None and saved["scaler"] is not None:
         scaler.load_state_dict(saved["scaler"])

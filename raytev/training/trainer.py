@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,18 +15,22 @@ from pathlib import Path
 
 from raytev.config.fields import to_flags
 from raytev.config.stages import TrainConfig
-from raytev.data.model_folder import SETTINGS_FILE, resolve_model
+from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, resolve_model
 from raytev.data.prepare import prepare_data
+from raytev.data.sentence_transformers_files import WRITTEN_ENTRIES, write_sentence_transformers_files
 from raytev.errors import RaytevError
 from raytev.staging import publish_contents
-from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for
+from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for, training_warnings
 from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state
 
 LOG_FILE = "train_log.jsonl"
 ARGS_FILE = "training_args.json"
 DEFAULT_RUN_NAME = "checkpoints"
 # What an export writes at the top of output_dir; stale ones from an earlier export of another shape go.
-MODEL_ENTRIES = ("config.json", "model.safetensors", "pytorch_model.bin", "query_model", "passage_model")
+MERGED_DIR = "merged"  # --save_merged_model's folder
+MODEL_ENTRIES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "query_model", "passage_model", "adapter_config.json", "adapter_model.safetensors", MERGED_DIR,
+                 *WRITTEN_ENTRIES)
 
 
 @dataclass
@@ -38,14 +43,16 @@ class TrainResult:
     seconds: float
     log: list[dict]
     resumed_from: int | None
+    hub_url: str | None = None  # where --push_to_hub put the model
 
     def summary(self) -> str:
         """What `raytev train` prints: steps, time, the loss from first to last log entry, where the model is."""
         losses = [entry["loss"] for entry in self.log if "loss" in entry]
         resumed = f", resumed from step {self.resumed_from}" if self.resumed_from is not None else ""
         loss = f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""
+        pushed = f" and pushed to {self.hub_url}" if self.hub_url else ""
         return (f"trained {self.steps} steps ({self.epochs:.2f} epochs) in {self.seconds:.1f} s{resumed}{loss}; "
-                f"model saved to {self.output_dir}")
+                f"model saved to {self.output_dir}{pushed}")
 
 
 def checkpoint_location(output_dir: Path, storage_path: str | None) -> tuple[str, str]:
@@ -93,6 +100,8 @@ def train(config: TrainConfig) -> TrainResult:
                               f"{total_steps}): nothing to do. Use --overwrite_output_dir to train again from the "
                               "start, or ask for more steps or epochs to continue it.")
 
+    for warning in training_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     connect(cluster.address, cluster.verbose)
     dataset = training_dataset(prepared.queries, training.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
@@ -119,10 +128,14 @@ def train(config: TrainConfig) -> TrainResult:
         raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
     with result.checkpoint.as_directory() as final:
         state = read_trainer_state(Path(final))
-        export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config))
+        # The export records the lengths it was trained with, so that it is used with them again.
+        settings = dataclasses.replace(model.settings, query_max_len=model.query_max_len,
+                                       passage_max_len=model.passage_max_len)
+        export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
+    hub_url = finish_export(config, output_dir, run_dir, storage_path, run_name)
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
-                       state.log, resumes[0] if resumes else None)
+                       state.log, resumes[0] if resumes else None, hub_url)
 
 
 def backend_trainer(backend: str):
@@ -165,8 +178,9 @@ def raise_user_error_of(error) -> None:
 
 
 def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
-                 arguments: dict) -> None:
-    """Put the checkpoint's model, the tokenizer, the log and the flags (training_args.json, which `raytev train`
+                 arguments: dict, settings: DenseModelSettings) -> None:
+    """Put the checkpoint's model, its settings (`settings`: with the training lengths), the tokenizer, the
+    sentence-transformers files (tied models), the log and the flags (training_args.json, which `raytev train`
     accepts back as its JSON-file form) at the top of output_dir.
 
     raytev_model.json moves in last, so a folder that has it holds a complete model.
@@ -178,6 +192,9 @@ def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, lo
     try:
         shutil.copytree(checkpoint_dir / MODEL_DIR, staging)
         AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
+        settings.save(staging)
+        # sentence-transformers has one length: the passages' (see write_sentence_transformers_files).
+        write_sentence_transformers_files(staging, settings, settings.passage_max_len)
         (staging / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
         (staging / ARGS_FILE).write_text(json.dumps(arguments, indent=2) + "\n")
         for name in MODEL_ENTRIES:
@@ -189,15 +206,48 @@ def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, lo
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def finish_export(config: TrainConfig, output_dir: Path, run_dir: Path | None, storage_path: str,
+                  run_name: str) -> str | None:
+    """What follows a successful export: --save_merged_model, --remove_checkpoints, then --push_to_hub; the Hub URL
+    or None."""
+    if config.lora.save_merged_model:
+        export_merged_model(output_dir, resolve_model(config.model, config.text, config.precision))
+    if config.remove_checkpoints:
+        delete_checkpoints(run_dir, storage_path, run_name)
+    if not config.push_to_hub:
+        return None
+    from raytev.training.hub import push_model
+
+    return push_model(output_dir, config.hub_model_id, config.hub_private_repo, keep_local=(f"{DEFAULT_RUN_NAME}/**",))
+
+
+def export_merged_model(output_dir: Path, model) -> None:
+    """The base model with the trained adapter added into its weights, as a plain model folder (sentence-transformers
+    files included) at output_dir/merged: for tools that read no adapters. Loaded in --torch_dtype, if given."""
+    from transformers import AutoTokenizer
+
+    from raytev.modeling.dense import DenseModel
+
+    arguments = model.load_arguments()
+    merged = DenseModel.from_pretrained(str(output_dir), **arguments)  # an adapter folder: merged as it loads
+    merged.save_pretrained(output_dir / MERGED_DIR, tokenizer=AutoTokenizer.from_pretrained(str(output_dir)),
+                           max_seq_length=model.passage_max_len)
+
+
 def clear_previous_run(output_dir: Path, run_dir: Path | None, storage_path: str, run_name: str) -> None:
     """Forget an earlier run in this output_dir: its checkpoints (local or remote) and its exported model marker."""
+    delete_checkpoints(run_dir, storage_path, run_name)
+    (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
+
+
+def delete_checkpoints(run_dir: Path | None, storage_path: str, run_name: str) -> None:
+    """Delete a run's checkpoints: the local run folder, or the run's folder under a remote storage path."""
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)
-    else:
-        import pyarrow.fs
+        return
+    import pyarrow.fs
 
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{storage_path.rstrip('/')}/{run_name}")
-        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-            filesystem.delete_dir(path)
-    (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(f"{storage_path.rstrip('/')}/{run_name}")
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        filesystem.delete_dir(path)
 

@@ -1,0 +1,53 @@
+"""LoRA adapters (peft) on an encoder: new trainable ones, saved ones loaded to train on or merged to encode with."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import PreTrainedModel
+
+from raytev.errors import RaytevError
+
+
+def is_adapted(encoder: torch.nn.Module) -> bool:
+    """Whether the encoder carries peft adapters."""
+    return isinstance(encoder, PeftModel)
+
+
+def add_lora(encoder: PreTrainedModel, lora, base_reference: str | None = None) -> PeftModel:
+    """The encoder with fresh LoRA adapters from the --lora flags (a LoraSection); only they train.
+
+    `base_reference` is what the saved adapter will name as its base (the hub name the user gave, not a local
+    cache path), so that the adapter folder loads anywhere.
+    """
+    config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                        target_modules=lora.target_modules, task_type=TaskType.FEATURE_EXTRACTION)
+    try:
+        adapted = get_peft_model(encoder, config)
+    except ValueError as error:  # peft: "Target modules {...} not found in the base model"
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in encoder.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise RaytevError(f"--lora_target_modules {lora.lora_target_modules}: {error}. This model's linear layers "
+                          f"are named {', '.join(linear)}.") from None
+    if base_reference:
+        adapted.peft_config["default"].base_model_name_or_path = base_reference
+    return adapted
+
+
+def load_lora(encoder: PreTrainedModel, adapter: str, trainable: bool, cache_dir: str | None = None
+              ) -> torch.nn.Module:
+    """The encoder with a saved adapter: trainable (to continue training it), or merged into the weights (to
+    encode: no adapter cost per token, as Tevatron encodes)."""
+    try:
+        adapted = PeftModel.from_pretrained(encoder, adapter, is_trainable=trainable, cache_dir=cache_dir)
+    except (OSError, ValueError) as error:
+        raise RaytevError(f"could not load the LoRA adapter '{adapter}': {error}\nGive the folder `raytev train "
+                          "--lora` wrote (or a peft adapter on the Hugging Face hub, online).") from error
+    return adapted if trainable else adapted.merge_and_unload()
+
+
+def merged_copy(encoder: PeftModel) -> PreTrainedModel:
+    """The base model with the adapter's update added into its weights (the adapted encoder is left as it is)."""
+    import copy
+
+    return copy.deepcopy(encoder).merge_and_unload()
