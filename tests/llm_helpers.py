@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from modeling_helpers import batch_slice, gradients, toy_batch
 
 GLOBAL_BATCH = dict(num_queries=4, group_size=3, seed=8)

@@ -15,7 +15,6 @@ from llm_helpers import (
     SCENARIOS,
     build_model,
     gradient_worker,
-    lora_section,
     optimizer_worker,
     reference_gradients,
 )
@@ -202,3 +201,41 @@ def test_eos_is_appended_once_and_eos_pooling_is_last(llama):
     assert all(row[-1] == tokenizer.eos_token_id and row[-2] != tokenizer.eos_token_id for row in ids)
     assert all(len(row) <= 8 for row in ids)
     assert resolved(llama, pooling="eos").settings.pooling == "last"
+
+
+def test_attention_kernel_and_weight_dtype_reach_the_loaded_model(llama):
+    model = DenseModel.from_resolved(resolved(llama, attn_implementation="eager", torch_dtype="bfloat16"))
+    assert model.query_encoder.config._attn_implementation == "eager"
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert resolved(llama, torch_dtype="bfloat16").dtype == "bfloat16"  # inference runs in it too
+
+
+def test_llm_flags_are_refused_where_they_cannot_apply(llama, tmp_path):
+    from helpers import make_config
+
+    from raytev.config.stages import PipelineConfig, TrainConfig
+
+    common = dict(model_name_or_path=str(llama), dataset_path="x.jsonl", output_dir=str(tmp_path))
+    with pytest.raises(RaytevError, match="torch backend only"):
+        make_config(TrainConfig, **common, backend="jax", lora=True)
+    with pytest.raises(RaytevError, match="--num_workers 1 or more"):
+        make_config(TrainConfig, **common, fsdp=True, num_workers=0)
+    with pytest.raises(RaytevError, match="use --bf16"):
+        make_config(TrainConfig, **common, fsdp=True, fp16=True)
+    with pytest.raises(RaytevError, match="drop --untie_encoder"):
+        make_config(TrainConfig, **common, lora=True, untie_encoder=True)
+    with pytest.raises(RaytevError, match="needs --lora"):
+        make_config(TrainConfig, **common, save_merged_model=True)
+    assert make_config(PipelineConfig, **common, do_train=True, lora=True, lora_r=4).lora.lora_r == 4
+
+
+def test_accumulation_is_warned_about(llama, tmp_path):
+    from helpers import make_config
+
+    from raytev.config.stages import TrainConfig
+    from raytev.training.plan import training_warnings
+
+    common = dict(model_name_or_path=str(llama), dataset_path="x.jsonl", output_dir=str(tmp_path))
+    assert training_warnings(make_config(TrainConfig, **common)) == []
+    warned = training_warnings(make_config(TrainConfig, **common, gradient_accumulation_steps=4, grad_cache=True))
+    assert len(warned) == 1 and "fewer in-batch negatives" in warned[0] and "GradCache" in warned[0]

@@ -4,7 +4,6 @@ to the Hub on request."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -12,7 +11,16 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_VOCAB, make_config, resolved, tiny_bert, tiny_tokenizer, write_tiny_tokenizer
+from helpers import (
+    TINY_VOCAB,
+    make_config,
+    resolved,
+    tiny_bert,
+    tiny_tokenizer,
+    toy_training_groups,
+    write_jsonl,
+    write_tiny_tokenizer,
+)
 
 from raytev.config.stages import TrainConfig
 from raytev.data.model_folder import (
@@ -240,3 +248,37 @@ def test_a_failed_push_says_what_failed_and_that_the_model_is_safe(tmp_path, fak
         push_model(out, keep_local=("checkpoints/**",))
     assert f"safe at {out}" in str(caught.value) and "hf upload minilm-scifact" in str(caught.value)
     assert (out / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_minilm_folder_gives_raytevs_vectors_in_sentence_transformers(ray_session, tmp_path):
+    """Train the real MiniLM two steps with prompts, then encode with raytev and with SentenceTransformer(folder)."""
+    from sentence_transformers import SentenceTransformer
+
+    import raytev
+    from raytev.bundled import resolve_model_path
+    from raytev.data.embeddings import load_embeddings
+
+    out = tmp_path / "minilm"
+    raytev.train(model_name_or_path="sentence-transformers/all-MiniLM-L6-v2", output_dir=str(out),
+                 dataset_path=str(write_jsonl(tmp_path / "train.jsonl", toy_training_groups(8))),
+                 query_prefix="query: ", passage_prefix="passage: ", temperature=0.05, query_max_len=24,
+                 passage_max_len=48, train_group_size=2, per_device_train_batch_size=4, max_steps=2, num_workers=0,
+                 learning_rate=1e-3)
+    queries = ["what is a small dog", "which animal barks"]
+    passages = ["the dog barks at the small cat", "a cat is a small animal, and it does not bark"]
+    write_jsonl(tmp_path / "queries.jsonl", [{"query_id": f"q{i}", "query": text} for i, text in enumerate(queries)])
+    write_jsonl(tmp_path / "corpus.jsonl", [{"docid": f"d{i}", "text": text} for i, text in enumerate(passages)])
+    ours = {}
+    for kind in ("queries", "corpus"):
+        raytev.encode(model_name_or_path=str(out), dataset_path=str(tmp_path / f"{kind}.jsonl"),
+                      encode_output_path=str(tmp_path / f"{kind}-emb"), encode_is_query=kind == "queries",
+                      num_actors=0)
+        ours[kind] = load_embeddings(str(tmp_path / f"{kind}-emb"))[1]
+    model = SentenceTransformer(str(out), device="cpu")
+    assert np.abs(model.encode_query(queries) - ours["queries"]).max() <= 1e-4
+    assert np.abs(model.encode_document(passages) - ours["corpus"]).max() <= 1e-4
+    # Not vacuous: the prompts matter, and training moved the model away from the stock MiniLM.
+    assert np.abs(model.encode(queries) - ours["queries"]).max() > 1e-3
+    stock = SentenceTransformer(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    assert np.abs(stock.encode(["query: " + text for text in queries]) - ours["queries"]).max() > 1e-3

@@ -148,8 +148,8 @@ class TrainingSection(Options):
                                             "multi-node runs (default: output_dir).")
     max_failures: int = option(2, "Times a failed worker group restarts from the last checkpoint.", at_least=0)
     gradient_checkpointing: bool = option(False, "Recompute each layer's activations in the backward pass instead "
-                                                 "of keeping them: the same gradients in far less memory, about a third "
-                                                 "more compute.")
+                                                 "of keeping them: the same gradients in far less memory, about a "
+                                                 "third more compute.")
     gradient_accumulation_steps: int = option(
         1, "Micro-batches per optimizer step: each worker reads per_device_train_batch_size x this many queries and "
            "back-propagates them in slices. Unlike --grad_cache, each slice's in-batch negatives are only its own "

@@ -228,6 +228,7 @@ class PipelineConfig(RetrievalStage):
     do_train: bool = option(False, "Fine-tune first (on --train_split); without it the model is evaluated as is.")
     train_split: str = option("train", "Split the model is fine-tuned on (the evaluation split is --split).")
     training: TrainingSection = section(TrainingSection)
+    lora: LoraSection = section(LoraSection)
 
 
 @dataclass(kw_only=True)

@@ -209,7 +209,8 @@ class DenseModel(torch.nn.Module):
         """Save HF weights (tied: at the top; untied: query_model/, passage_model/), settings and tokenizer.
 
         `state_dict`: this model's full state dict when the module holds only a shard of it (FSDP).
-        `max_seq_length`: also write the sentence-transformers files with this length (tied models)."""
+        `max_seq_length`: also write the sentence-transformers files with this length (tied models).
+        """
         with staged_directory(directory) as staging:
             if self.settings.untied:
                 self.query_encoder.save_pretrained(staging / QUERY_SUBFOLDER,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from raytev.data.model_folder import DenseModelSettings, ResolvedModel, check_pooling, read_saved_settings
+from raytev.errors import RaytevError
 from raytev.staging import staged_directory
 from raytev.tevax.encoder import at_least_float32
 from raytev.tevax.hf_folder import load_encoder, save_encoder
@@ -133,6 +134,10 @@ def load_retriever(path: str, settings: DenseModelSettings, dtype: str | None = 
 
 
 def load_resolved(model: ResolvedModel, dtype: str | None = None) -> tuple[Retriever, TiedParams | DualParams]:
-    """load_retriever for a stage's ResolvedModel."""
+    """load_retriever for a stage's ResolvedModel (LoRA adapters are the torch backend's for now)."""
+    if model.adapter:
+        raise RaytevError(f"'{model.adapter}' is a LoRA adapter, which the JAX backend does not read yet: encode "
+                          "with --backend torch, or give the folder `raytev train --save_merged_model` wrote "
+                          "(output_dir/merged).")
     return load_retriever(model.path, model.settings, dtype, model.cache_dir)
 

@@ -66,8 +66,10 @@ def restore_rng_states(states: dict) -> None:
 def save_training_state(directory: Path, state: TrainerState, optimizer, scheduler, scaler=None) -> None:
     """Write optimizer, scheduler, scaler and RNG states, then the trainer state (the completion mark).
 
-    `optimizer` None: its state is saved elsewhere (sharded, by raytev.training.sharding)."""
-    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "scheduler": scheduler.state_dict(),
+    `optimizer` None: its state is saved elsewhere (sharded, by raytev.training.sharding).
+    """
+    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states()},
                directory / OPTIMIZER_FILE)
     (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1) + "\n")

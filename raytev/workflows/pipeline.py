@@ -59,11 +59,15 @@ def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) 
         from raytev.training.trainer import train
 
         model_dir = output_dir / "model"
-        result = train(TrainConfig(output_dir=str(model_dir), data=dataclasses.replace(data, dataset_split=config.train_split),
-                                   model=config.model, text=config.text, training=config.training,
-                                   backend=config.backend, precision=config.precision, cluster=config.cluster))
+        train_config = TrainConfig(output_dir=str(model_dir),
+                                   data=dataclasses.replace(data, dataset_split=config.train_split),
+                                   model=config.model, text=config.text, training=config.training, lora=config.lora,
+                                   backend=config.backend, precision=config.precision, cluster=config.cluster)
+        train_config.check()
+        result = train(train_config)
         finished(stages, "train", result.seconds, f"{result.steps} steps, {result.epochs:.2f} epochs")
-        model_section = dataclasses.replace(config.model, model_name_or_path=str(model_dir))
+        # The trained folder speaks for itself (a LoRA adapter names its base model).
+        model_section = dataclasses.replace(config.model, model_name_or_path=str(model_dir), lora_name_or_path=None)
     model = resolve_model(model_section, config.text, config.precision)
 
     # Evaluation needs the split's queries, not training negatives for them.
