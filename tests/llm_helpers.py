@@ -83,7 +83,11 @@ def _run(name: str, rank: int, world_size: int, folder: Path) -> dict[str, torch
                 plain_step(wrapped, part, loss_scale=1 / len(parts))
     else:
         plain_step(wrapped, batch)
-    return full_gradients(wrapped)
+    grads = full_gradients(wrapped)
+    # What clipping reads: the norm over all workers' (sharded) gradients, which must be the whole gradient's.
+    norm = torch.nn.utils.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], max_norm=1e9)
+    grads["(total norm)"] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach().reshape(1)
+    return grads
 
 
 def gradient_worker(rank: int, world_size: int, port: int, folder: Path, out_dir: Path, names: list[str]) -> None:
@@ -98,11 +102,24 @@ def gradient_worker(rank: int, world_size: int, port: int, folder: Path, out_dir
             if rank == 0:
                 torch.save(grads, Path(out_dir) / f"{name}.pt")
             dist.barrier()
+        optimizer_state(rank, world_size, folder, out_dir, "save")  # for a later run on another worker count
     finally:
         dist.destroy_process_group()
 
 
 def optimizer_worker(rank: int, world_size: int, port: int, folder: Path, out_dir: Path, mode: str) -> None:
+    """Entry point of a spawned gloo worker that only runs `optimizer_state`."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        optimizer_state(rank, world_size, folder, out_dir, mode)
+    finally:
+        dist.destroy_process_group()
+
+
+def optimizer_state(rank: int, world_size: int, folder: Path, out_dir: Path, mode: str) -> None:
     """'save': two optimizer steps under FSDP, then the sharded optimizer state and its full copy written;
     'load': the state read back by however many workers this run has, its full copy written for comparison."""
     import torch.distributed as dist
@@ -113,28 +130,23 @@ def optimizer_worker(rank: int, world_size: int, port: int, folder: Path, out_di
     from raytev.training.loop import build_optimizer
     from raytev.training.sharding import load_sharded_optimizer, save_sharded_optimizer, shard_model
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        model = shard_model(build_model(folder, lora=True))
-        optimizer = build_optimizer(model, TrainingSection(learning_rate=1e-2))
-        if mode == "save":
-            share = GLOBAL_BATCH["num_queries"] // world_size
-            for seed in (8, 9):
-                batch = toy_batch(**{**GLOBAL_BATCH, "seed": seed})
-                plain_step(model, batch_slice(batch, rank * share, (rank + 1) * share))
-                optimizer.step()
-                optimizer.zero_grad()
-            save_sharded_optimizer(model, optimizer, Path(out_dir) / "shards")
-        else:
-            load_sharded_optimizer(model, optimizer, Path(out_dir) / "shards")
-        full = get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            torch.save(full["state"], Path(out_dir) / f"{mode}-{world_size}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    model = shard_model(build_model(folder, lora=True))
+    optimizer = build_optimizer(model, TrainingSection(learning_rate=1e-2))
+    if mode == "save":
+        share = GLOBAL_BATCH["num_queries"] // world_size
+        for seed in (8, 9):
+            batch = toy_batch(**{**GLOBAL_BATCH, "seed": seed})
+            plain_step(model, batch_slice(batch, rank * share, (rank + 1) * share))
+            optimizer.step()
+            optimizer.zero_grad()
+        save_sharded_optimizer(model, optimizer, Path(out_dir) / "shards")
+    else:
+        load_sharded_optimizer(model, optimizer, Path(out_dir) / "shards")
+    full = get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save(full["state"], Path(out_dir) / f"{mode}-{world_size}.pt")
+    dist.barrier()
 
 
 def reference_gradients(folder: Path, lora: bool, accumulate: bool = False) -> dict[str, torch.Tensor]:

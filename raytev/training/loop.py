@@ -49,7 +49,8 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Train `config['plan']` on this worker; every rank runs this, rank 0 writes checkpoints and the log."""
+    """Train `config['plan']` on this worker; every rank runs this, rank 0 writes checkpoints (with --fsdp every
+    rank its shard) and the log."""
     plan: TrainingPlan = config["plan"]
     training, seed = plan.training, plan.config.data.seed
     rank = ray.train.get_context().get_world_rank()
@@ -131,7 +132,7 @@ def set_up(plan: TrainingPlan, device: torch.device):
     """(model, optimizer, scheduler, scaler, trainer state): fresh, or restored from the checkpoint to resume."""
     sharded = plan.training.fsdp
     with resume_directory(plan) as resume_dir:
-        model = wrap_for_training(load_model(plan, resume_dir), plan, device)
+        model = wrap_for_training(load_model(plan, resume_dir), shard=sharded)
         optimizer = build_optimizer(unwrap(model), plan.training)
         scheduler = build_scheduler(optimizer, plan.training, plan.total_steps)
         scaler = torch.amp.GradScaler(device.type) if plan.config.precision.fp16 else None
@@ -182,15 +183,15 @@ def autocast_dtype(plan: TrainingPlan) -> torch.dtype | None:
     return getattr(torch, name) if name else None
 
 
-def wrap_for_training(model: DenseModel, plan: TrainingPlan, device: torch.device) -> torch.nn.Module:
+def wrap_for_training(model: DenseModel, shard: bool = False) -> torch.nn.Module:
     """Move the model to this worker's device and wrap it: DDP when there are several workers, or FSDP2
     shards with --fsdp (raytev.training.sharding).
 
     Unused parameters are expected: BERT's pooler never gets a gradient, and a GradCache chunk of an
     untied model runs only one of its two encoders.
     """
-    if plan.training.fsdp:
-        return shard_model(model.to(device))
+    if shard:
+        return shard_model(model.to(ray.train.torch.get_device()))
     return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
 
