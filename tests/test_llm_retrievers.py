@@ -245,3 +245,16 @@ def test_accumulation_is_warned_about(llama, tmp_path):
     assert training_warnings(make_config(TrainConfig, **common)) == []
     warned = training_warnings(make_config(TrainConfig, **common, gradient_accumulation_steps=4, grad_cache=True))
     assert len(warned) == 1 and "fewer in-batch negatives" in warned[0] and "GradCache" in warned[0]
+
+
+def test_a_saved_model_says_whether_texts_end_with_eos(llama, tmp_path):
+    import shutil
+
+    from raytev.data.model_folder import DenseModelSettings
+
+    folder = shutil.copytree(llama, tmp_path / "model")
+    DenseModelSettings(pooling="last", append_eos_token=True, query_max_len=20, passage_max_len=40).save(folder)
+    model = resolved(folder)
+    assert model.append_eos_token and (model.query_max_len, model.passage_max_len) == (20, 40)
+    assert not resolved(folder, append_eos_token=False).append_eos_token  # a flag still wins
+    assert not resolved(llama).append_eos_token

@@ -13,6 +13,7 @@ from helpers import resolved, save_tiny_decoder, toy_training_groups, write_json
 from safetensors.torch import load_file
 
 import raytev
+from raytev.data.embeddings import load_embeddings
 from raytev.modeling.dense import DenseModel
 from raytev.training.state import checkpoint_name
 
@@ -35,7 +36,7 @@ def adapter_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_lora_training_resumes_exactly_and_exports_an_adapter_and_a_merged_model(ray_session, llm_run, tmp_path):
+def test_lora_resumes_exactly_and_exports_an_adapter_and_a_merged_model_that_encode(ray_session, llm_run, tmp_path):
     straight = raytev.train(**{**llm_run, "output_dir": str(tmp_path / "straight")}, **LLM, max_steps=6,
                             save_steps=3, num_workers=0, save_merged_model=True)
     assert straight.steps == 6
@@ -58,25 +59,18 @@ def test_lora_training_resumes_exactly_and_exports_an_adapter_and_a_merged_model
     mask = (ids != 0).long()
     vectors = []
     for folder in (tmp_path / "straight", merged_dir):
-        model = resolved(folder)
-        assert model.settings.pooling == "last" and model.settings.normalize
+        model = resolved(folder)  # no text flags: the export says how it reads text
+        assert model.settings.pooling == "last" and model.settings.normalize and model.append_eos_token
         with torch.no_grad():
             vectors.append(DenseModel.from_resolved(model).eval().encode_passage(ids, mask))
     assert (vectors[0] - vectors[1]).abs().max().item() <= 1e-5
 
-
-def test_encode_takes_the_adapter_by_flag_or_as_the_model(ray_session, llm_run, tmp_path):
-    raytev.train(**llm_run, **LLM, max_steps=2, save_steps=2, num_workers=0)
+    # `raytev encode` takes the adapter folder alone, or the base with --lora_name_or_path: the same vectors.
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": f"d{i}", "text": f"a small cat {i}"} for i in range(6)])
-    outputs = []
-    for name, flags in (("alone", {"model_name_or_path": llm_run["output_dir"]}),
-                        ("flag", {"model_name_or_path": llm_run["model_name_or_path"],
-                                  "lora_name_or_path": llm_run["output_dir"]})):
-        result = raytev.encode(**flags, dataset_path=str(corpus), encode_output_path=str(tmp_path / name),
-                               num_actors=0, passage_max_len=16)
-        outputs.append(result)
-    from raytev.data.embeddings import load_embeddings
-
+    for name, flags in (("alone", {"model_name_or_path": str(out)}),
+                        ("flag", {"model_name_or_path": llm_run["model_name_or_path"], "lora_name_or_path": str(out)})):
+        raytev.encode(**flags, dataset_path=str(corpus), encode_output_path=str(tmp_path / name), num_actors=0,
+                      passage_max_len=16)
     (ids_a, vectors_a), (ids_b, vectors_b) = (load_embeddings(str(tmp_path / name)) for name in ("alone", "flag"))
     assert list(ids_a) == list(ids_b) and abs(vectors_a - vectors_b).max() <= 1e-6
     assert abs((vectors_a ** 2).sum(axis=1) - 1).max() <= 1e-4  # the adapter folder's settings: normalized

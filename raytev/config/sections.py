@@ -74,8 +74,9 @@ class TextSection(Options):
     passage_prefix: str | None = option(
         None, "Text put before every passage (such as 'passage: '). Default: the model's own prompt "
               "(sentence-transformers' 'document', 'passage' or 'corpus'), else none.")
-    append_eos_token: bool = option(False, "Append the EOS token to queries and passages (decoder models).",
-                                    swap="model")
+    append_eos_token: bool | None = option(
+        None, "Append the EOS token to queries and passages (decoder models such as RepLLaMA). Default: what the "
+              "model was trained with (a raytev export records it), else false.", swap="model")
 
 
 @dataclass(kw_only=True)

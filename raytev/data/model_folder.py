@@ -214,9 +214,11 @@ class DenseModelSettings:
     untied: bool = False
     query_prefix: str = ""
     passage_prefix: str = ""
-    # The lengths the model was trained with (an export records them; sentence-transformers' one length cannot).
+    # How the model was trained to read text: an export records its lengths (sentence-transformers' one length
+    # cannot) and whether texts end with EOS.
     query_max_len: int | None = None
     passage_max_len: int | None = None
+    append_eos_token: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", check_pooling(self.pooling))  # 'eos' is saved as 'last'
@@ -364,7 +366,7 @@ def resolve_model(model, text=None, precision=None) -> ResolvedModel:
         tokenizer_dir=tokenizer_dir(tokenizer_source, model.cache_dir),
         query_max_len=text.query_max_len or settings.query_max_len or own_length or DEFAULT_QUERY_MAX_LEN,
         passage_max_len=text.passage_max_len or settings.passage_max_len or own_length or DEFAULT_PASSAGE_MAX_LEN,
-        append_eos_token=text.append_eos_token,
+        append_eos_token=settings.append_eos_token if text.append_eos_token is None else text.append_eos_token,
         dtype=(precision.dtype_name if precision is not None else None) or reduced, cache_dir=model.cache_dir,
         adapter=adapter, base_reference=base_model_reference(model.model_name_or_path, path) if not adapter else None,
         attn_implementation=getattr(model, "attn_implementation", None), torch_dtype=torch_dtype)

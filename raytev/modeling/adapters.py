@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 
 from raytev.errors import RaytevError
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias: a warning no user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def is_adapted(encoder: torch.nn.Module) -> bool:

@@ -128,9 +128,10 @@ def train(config: TrainConfig) -> TrainResult:
         raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
     with result.checkpoint.as_directory() as final:
         state = read_trainer_state(Path(final))
-        # The export records the lengths it was trained with, so that it is used with them again.
+        # The export records the lengths and EOS it was trained with, so that it is used with them again.
         settings = dataclasses.replace(model.settings, query_max_len=model.query_max_len,
-                                       passage_max_len=model.passage_max_len)
+                                       passage_max_len=model.passage_max_len,
+                                       append_eos_token=model.append_eos_token)
         export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
     hub_url = finish_export(config, output_dir, run_dir, storage_path, run_name)
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
