@@ -109,7 +109,9 @@ def test_a_slice_of_the_input_queries_and_pickles(ray_session, corpus, tmp_path)
     assert ids.tolist() == [f"d{i}" for i in range(20, 40)]
 
     corpus["out"] = tmp_path / "queries.pkl"
-    run_encode(corpus, dataset_path=corpus["queries"], encode_is_query=True, output_format="tevatron-pickle")
+    # The pickle is written from the shards whoever encoded them: in-process here (CI time).
+    run_encode(corpus, dataset_path=corpus["queries"], encode_is_query=True, output_format="tevatron-pickle",
+               num_actors=0)
     ids, vectors = read_tevatron_pickle(corpus["out"])
     expected_ids, expected = reference_vectors(corpus, is_query=True)
     assert ids.tolist() == expected_ids
@@ -130,8 +132,9 @@ def test_a_sentence_transformers_models_prompts_are_applied_as_sentence_transfor
     texts = {}
     for kind, path in (("queries", corpus["queries"]), ("passages", corpus["corpus"])):
         out = tmp_path / kind
+        # In-process: prompts are applied where the text is tokenized, whoever encodes (actors are tested above).
         encode(make_config(EncodeConfig, dataset_path=path, encode_is_query=kind == "queries",
-                           model_name_or_path=str(folder), encode_output_path=str(out), num_actors=1))
+                           model_name_or_path=str(folder), encode_output_path=str(out), num_actors=0))
         texts[kind] = load_embeddings(str(out))[1]
     model = SentenceTransformer(str(folder), device="cpu")
     queries = ["what is a dog"] * 5
