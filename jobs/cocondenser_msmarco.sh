@@ -23,9 +23,8 @@ RUN_DIR="$STORAGE/cocondenser-msmarco"
 QRELS="$DATA/msmarco/qrels.dev.tsv"
 CORPUS_FILE="$DATA/msmarco/corpus.jsonl"
 
+msmarco_dev_qrels
 if stage data; then
-  submit python jobs/export_hf.py qrels --dataset_name Tevatron/msmarco-passage --dataset_split dev \
-    --output "$QRELS"
   # raytev mine reads the passages it retrieves from a corpus file (--corpus_path).
   submit python jobs/export_hf.py jsonl --dataset_name Tevatron/msmarco-passage-corpus --output "$CORPUS_FILE"
 fi

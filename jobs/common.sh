@@ -43,6 +43,27 @@ stage() {
   [[ -z "$STAGES" || " $STAGES " == *" $1 "* ]]
 }
 
+# The data stage of the MS MARCO recipes: the dev qrels (to $QRELS), from the dev split's positive passages (MS
+# MARCO's qrels.dev.small.tsv works the same).
+msmarco_dev_qrels() {
+  if stage data; then
+    submit python jobs/export_hf.py qrels --dataset_name Tevatron/msmarco-passage --dataset_split dev \
+      --output "$QRELS"
+  fi
+}
+
+# The LLM recipes' training layout: TRAIN_GPUS workers keep Tevatron's 128 queries per optimizer step (8 per worker
+# and micro-batch, 16 / TRAIN_GPUS micro-batches), with the model sharded (FSDP) when there are several. Sets the
+# array `layout`.
+llm_training_layout() {
+  if ! [[ "$TRAIN_GPUS" =~ ^[0-9]+$ ]] || ((TRAIN_GPUS < 1 || 16 % TRAIN_GPUS)); then
+    echo "TRAIN_GPUS must divide 16 (1, 2, 4, 8 or 16) to keep 128 queries per step, got $TRAIN_GPUS" >&2
+    exit 2
+  fi
+  layout=(--num_workers "$TRAIN_GPUS" --gradient_accumulation_steps $((16 / TRAIN_GPUS)))
+  ((TRAIN_GPUS == 1)) || layout+=(--fsdp)
+}
+
 # The MS MARCO passage dev evaluation the MS MARCO recipes end with, each step a stage: encode the 8.8M-passage
 # corpus (one actor per GPU) and the dev queries with the model in $1 (batch $2 per actor), index exactly (unless
 # SEARCH_SHARDS), search, score. The flags after $2 go to both encode commands: the precision and how the model

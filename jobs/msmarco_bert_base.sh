@@ -19,11 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 RUN_DIR="$STORAGE/msmarco-bert-base"
 QRELS="$DATA/msmarco/qrels.dev.tsv"
 
-if stage data; then
-  # The dev qrels, from the dev split's positive passages (MS MARCO's qrels.dev.small.tsv works the same).
-  submit python jobs/export_hf.py qrels --dataset_name Tevatron/msmarco-passage --dataset_split dev \
-    --output "$QRELS"
-fi
+msmarco_dev_qrels
 if stage train; then
   submit python -m raytev train \
     --model_name_or_path bert-base-uncased --dataset_name Tevatron/msmarco-passage \

@@ -61,19 +61,11 @@ case "$LORA" in
     ;;
   *) echo "LORA must be 0 (full fine-tune) or 1 (LoRA), got $LORA" >&2; exit 2 ;;
 esac
-if ! [[ "$TRAIN_GPUS" =~ ^[0-9]+$ ]] || ((TRAIN_GPUS < 1 || 16 % TRAIN_GPUS)); then
-  echo "TRAIN_GPUS must divide 16 (1, 2, 4, 8 or 16) to keep 128 queries per step, got $TRAIN_GPUS" >&2
-  exit 2
-fi
-training+=(--num_workers "$TRAIN_GPUS" --gradient_accumulation_steps $((16 / TRAIN_GPUS)))
-((TRAIN_GPUS == 1)) || training+=(--fsdp)
+llm_training_layout
+training+=("${layout[@]}")
 lengths=(--query_max_len 64 --passage_max_len 156)
 
-if stage data; then
-  # The dev qrels, from the dev split's positive passages (the file the other MS MARCO recipes write).
-  submit python jobs/export_hf.py qrels --dataset_name Tevatron/msmarco-passage --dataset_split dev \
-    --output "$QRELS"
-fi
+msmarco_dev_qrels
 if stage train; then
   submit python -m raytev train \
     --model_name_or_path "$BASE_MODEL" --dataset_name Tevatron/msmarco-passage-aug \

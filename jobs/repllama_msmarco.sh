@@ -49,23 +49,14 @@ RUN_DIR="$STORAGE/repllama-${base_name}"
 QRELS="$DATA/msmarco/qrels.dev.tsv"
 SEARCH_SHARDS=1  # no index stage (common.sh)
 
-if ! [[ "$TRAIN_GPUS" =~ ^[0-9]+$ ]] || ((TRAIN_GPUS < 1 || 16 % TRAIN_GPUS)); then
-  echo "TRAIN_GPUS must divide 16 (1, 2, 4, 8 or 16) to keep 128 queries per step, got $TRAIN_GPUS" >&2
-  exit 2
-fi
-layout=(--num_workers "$TRAIN_GPUS" --gradient_accumulation_steps $((16 / TRAIN_GPUS)))
 # FSDP shards the frozen 14 GB of bf16 weights (and the adapters' optimizer state) across the workers.
-((TRAIN_GPUS == 1)) || layout+=(--fsdp)
+llm_training_layout
 
 # How the model reads text and pools: training and encoding alike (Tevatron passes them to both too).
 text=(--pooling eos --normalize --append_eos_token --query_prefix "Query: " --passage_prefix "Passage: "
   --query_max_len 32 --passage_max_len 156 --attn_implementation sdpa)
 
-if stage data; then
-  # The dev qrels, from the dev split's positive passages (the file the other MS MARCO recipes write).
-  submit python jobs/export_hf.py qrels --dataset_name Tevatron/msmarco-passage --dataset_split dev \
-    --output "$QRELS"
-fi
+msmarco_dev_qrels
 if stage train; then
   submit python -m raytev train \
     --model_name_or_path "$BASE_MODEL" --dataset_name Tevatron/msmarco-passage-aug \
