@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from modeling_helpers import batch_slice, gradients, toy_batch
+from modeling_helpers import batch_slice, gloo_process_group, gradients, save_scenario_gradients, toy_batch
 
 GLOBAL_BATCH = dict(num_queries=4, group_size=3, seed=8)
 CHUNKS = dict(q_chunk_size=1, p_chunk_size=4)
@@ -92,31 +92,15 @@ def _run(name: str, rank: int, world_size: int, folder: Path) -> dict[str, torch
 
 def gradient_worker(rank: int, world_size: int, port: int, folder: Path, out_dir: Path, names: list[str]) -> None:
     """Entry point of one spawned gloo worker: run the scenarios; rank 0 saves each one's gradients."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # two workers share two cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        for name in names:
-            grads = _run(name, rank, world_size, folder)
-            if rank == 0:
-                torch.save(grads, Path(out_dir) / f"{name}.pt")
-            dist.barrier()
+    with gloo_process_group(rank, world_size, port):
+        save_scenario_gradients(names, lambda name: _run(name, rank, world_size, folder), rank, out_dir)
         optimizer_state(rank, world_size, folder, out_dir, "save")  # for a later run on another worker count
-    finally:
-        dist.destroy_process_group()
 
 
 def optimizer_worker(rank: int, world_size: int, port: int, folder: Path, out_dir: Path, mode: str) -> None:
     """Entry point of a spawned gloo worker that only runs `optimizer_state`."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
+    with gloo_process_group(rank, world_size, port):
         optimizer_state(rank, world_size, folder, out_dir, mode)
-    finally:
-        dist.destroy_process_group()
 
 
 def optimizer_state(rank: int, world_size: int, folder: Path, out_dir: Path, mode: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -108,17 +110,31 @@ def _worker_gradients(name: str, rank: int, world_size: int, folders: dict) -> d
     return gradients(model)
 
 
-def distributed_worker(rank: int, world_size: int, port: int, folders: dict, out_dir: Path, names: list[str]) -> None:
-    """Entry point of one spawned gloo worker: run the scenarios, rank 0 saves each one's gradients."""
+@contextmanager
+def gloo_process_group(rank: int, world_size: int, port: int) -> Iterator[None]:
+    """A spawned worker's gloo process group, one compute thread (the workers share two cores), torn down after."""
     import torch.distributed as dist
 
-    torch.set_num_threads(1)  # two workers share two cores
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        for name in names:
-            grads = _worker_gradients(name, rank, world_size, folders)
-            if rank == 0:
-                torch.save(grads, Path(out_dir) / f"{name}.pt")
-            dist.barrier()
+        yield
     finally:
         dist.destroy_process_group()
+
+
+def save_scenario_gradients(names: list[str], run, rank: int, out_dir: Path) -> None:
+    """Run each named scenario (`run(name)` gives its gradients) on every worker; rank 0 saves them as <name>.pt."""
+    import torch.distributed as dist
+
+    for name in names:
+        grads = run(name)
+        if rank == 0:
+            torch.save(grads, Path(out_dir) / f"{name}.pt")
+        dist.barrier()
+
+
+def distributed_worker(rank: int, world_size: int, port: int, folders: dict, out_dir: Path, names: list[str]) -> None:
+    """Entry point of one spawned gloo worker: run the scenarios, rank 0 saves each one's gradients."""
+    with gloo_process_group(rank, world_size, port):
+        save_scenario_gradients(names, lambda name: _worker_gradients(name, rank, world_size, folders), rank, out_dir)
