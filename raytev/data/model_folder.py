@@ -342,10 +342,9 @@ def resolve_model(model, text=None, precision=None) -> ResolvedModel:
     text = text or TextSection()  # no text flags: every length and prompt is the model's own
     given = resolve_model_path(model.model_name_or_path)
     check_model_source(given)
-    adapter_flag = getattr(model, "lora_name_or_path", None)
-    if adapter_flag:
-        check_model_source(adapter_flag)
-    path, adapter = split_adapter(given, adapter_flag, model.cache_dir)
+    if model.lora_name_or_path:
+        check_model_source(model.lora_name_or_path)
+    path, adapter = split_adapter(given, model.lora_name_or_path, model.cache_dir)
     check_model_source(path)
     # The adapter's folder speaks for the model when raytev saved it (settings, tokenizer); else the base does.
     own = adapter if adapter and read_saved_settings(adapter, model.cache_dir) is not None else path
@@ -359,8 +358,7 @@ def resolve_model(model, text=None, precision=None) -> ResolvedModel:
     own_length = model_max_seq_length(own, model.cache_dir) or model_max_seq_length(path, model.cache_dir)
     tokenizer_source = model.tokenizer_name or (own if find_model_file(own, "tokenizer_config.json",
                                                                          model.cache_dir) else path)
-    torch_dtype = getattr(model, "torch_dtype", None)
-    reduced = torch_dtype if torch_dtype in ("bfloat16", "float16") else None
+    reduced = model.torch_dtype if model.torch_dtype in ("bfloat16", "float16") else None
     return ResolvedModel(
         name=model.model_name_or_path, path=path, settings=settings,
         tokenizer_dir=tokenizer_dir(tokenizer_source, model.cache_dir),
@@ -369,4 +367,4 @@ def resolve_model(model, text=None, precision=None) -> ResolvedModel:
         append_eos_token=settings.append_eos_token if text.append_eos_token is None else text.append_eos_token,
         dtype=(precision.dtype_name if precision is not None else None) or reduced, cache_dir=model.cache_dir,
         adapter=adapter, base_reference=base_model_reference(model.model_name_or_path, path) if not adapter else None,
-        attn_implementation=getattr(model, "attn_implementation", None), torch_dtype=torch_dtype)
+        attn_implementation=model.attn_implementation, torch_dtype=model.torch_dtype)

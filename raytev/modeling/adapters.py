@@ -50,9 +50,3 @@ def load_lora(encoder: PreTrainedModel, adapter: str, trainable: bool, cache_dir
                           "--lora` wrote (or a peft adapter on the Hugging Face hub, online).") from error
     return adapted if trainable else adapted.merge_and_unload()
 
-
-def merged_copy(encoder: PeftModel) -> PreTrainedModel:
-    """The base model with the adapter's update added into its weights (the adapted encoder is left as it is)."""
-    import copy
-
-    return copy.deepcopy(encoder).merge_and_unload()

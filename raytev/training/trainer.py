@@ -15,7 +15,7 @@ from pathlib import Path
 
 from raytev.config.fields import to_flags
 from raytev.config.stages import TrainConfig
-from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, resolve_model
+from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, ResolvedModel, resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.data.sentence_transformers_files import WRITTEN_ENTRIES, write_sentence_transformers_files
 from raytev.errors import RaytevError
@@ -133,6 +133,8 @@ def train(config: TrainConfig) -> TrainResult:
                                        passage_max_len=model.passage_max_len,
                                        append_eos_token=model.append_eos_token)
         export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
+    if config.lora.save_merged_model:
+        export_merged_model(output_dir, model)
     hub_url = finish_export(config, output_dir, run_dir, storage_path, run_name)
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
@@ -209,10 +211,8 @@ def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, lo
 
 def finish_export(config: TrainConfig, output_dir: Path, run_dir: Path | None, storage_path: str,
                   run_name: str) -> str | None:
-    """What follows a successful export: --save_merged_model, --remove_checkpoints, then --push_to_hub; the Hub URL
-    or None."""
-    if config.lora.save_merged_model:
-        export_merged_model(output_dir, resolve_model(config.model, config.text, config.precision))
+    """What follows a successful export (and --save_merged_model): --remove_checkpoints, then --push_to_hub; the Hub
+    URL or None."""
     if config.remove_checkpoints:
         delete_checkpoints(run_dir, storage_path, run_name)
     if not config.push_to_hub:
@@ -222,7 +222,7 @@ def finish_export(config: TrainConfig, output_dir: Path, run_dir: Path | None, s
     return push_model(output_dir, config.hub_model_id, config.hub_private_repo, keep_local=(f"{DEFAULT_RUN_NAME}/**",))
 
 
-def export_merged_model(output_dir: Path, model) -> None:
+def export_merged_model(output_dir: Path, model: ResolvedModel) -> None:
     """The base model with the trained adapter added into its weights, as a plain model folder (sentence-transformers
     files included) at output_dir/merged: for tools that read no adapters. Loaded in --torch_dtype, if given."""
     from transformers import AutoTokenizer
