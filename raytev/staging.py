@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,12 @@ def staged_file(target: str | Path) -> Iterator[Path]:
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)  # gone already after a successful replace
+
+
+def write_json_file(target: str | Path, value, **dump_options) -> None:
+    """Write `value` as JSON (json.dumps options as given, a final newline) through staged_file."""
+    with staged_file(target) as temporary:
+        temporary.write_text(json.dumps(value, **dump_options) + "\n", encoding="utf-8")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raytev.errors import RaytevError
-from raytev.staging import staged_file
+from raytev.staging import staged_file, write_json_file
 
 MANIFEST = "manifest.json"
 FORMAT = "raytev-embeddings"
@@ -75,11 +75,6 @@ def read_manifest(directory: Path) -> EmbeddingsManifest | None:
     return EmbeddingsManifest(**values)
 
 
-def _write_json_atomically(path: Path, values: dict) -> None:
-    with staged_file(path) as temporary:
-        temporary.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
-
-
 class EmbeddingsWriter:
     """Writes shards of an embeddings folder one by one; re-opening a folder resumes its unfinished shards."""
 
@@ -101,7 +96,7 @@ class EmbeddingsWriter:
             for stale in self.directory.glob("shard-*.parquet"):
                 stale.unlink()
         self.manifest = manifest
-        _write_json_atomically(self.directory / MANIFEST, asdict(self.manifest))
+        write_json_file(self.directory / MANIFEST, asdict(self.manifest), indent=1, sort_keys=True)
 
     def finished(self) -> set[int]:
         """Indexes of the shards already written."""
@@ -119,7 +114,7 @@ class EmbeddingsWriter:
         with staged_file(self.directory / name) as temporary:
             pq.write_table(table, temporary)
         self.manifest.shards[name] = len(ids)
-        _write_json_atomically(self.directory / MANIFEST, asdict(self.manifest))
+        write_json_file(self.directory / MANIFEST, asdict(self.manifest), indent=1, sort_keys=True)
 
 
 @dataclass

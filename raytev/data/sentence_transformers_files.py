@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from raytev.data.model_folder import DenseModelSettings
-from raytev.staging import staged_directory, staged_file
+from raytev.staging import staged_directory, write_json_file
 
 MODULES_FILE = "modules.json"
 MODEL_CONFIG_FILE = "config_sentence_transformers.json"
@@ -31,12 +31,6 @@ MODULE_TYPES = {"Transformer": "sentence_transformers.models.Transformer",
 # The release whose file format this is (similarity_fn_name came in 3.0). sentence-transformers warns when a folder
 # names a newer version than the installed one; naming the installed 6.x would warn every 3.x-5.x user for nothing.
 FORMAT_VERSION = "3.0.0"
-
-
-def _write_json(path: Path, value) -> None:
-    """Write `value` as indented JSON under a temporary name, then move it to `path`."""
-    with staged_file(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
 def _hidden_size(weights_dir: Path) -> int | None:
@@ -77,29 +71,29 @@ def write_sentence_transformers_files(directory: str | Path, settings: DenseMode
     hidden_size = _hidden_size(directory / transformer_path)
     if settings.untied or hidden_size is None:
         return False
-    _write_json(directory / transformer_path / TRANSFORMER_CONFIG_FILE,
-                {"max_seq_length": int(max_seq_length), "do_lower_case": False})
+    write_json_file(directory / transformer_path / TRANSFORMER_CONFIG_FILE,
+                    {"max_seq_length": int(max_seq_length), "do_lower_case": False}, indent=2)
     with staged_directory(directory / POOLING_DIR) as pooling:
         # word_embedding_dimension: 3.x-5.x take only this name, 6.x renames it to embedding_dimension on load.
         # include_prompt: raytev pools over the prompt's tokens too.
-        _write_json(pooling / "config.json", {"word_embedding_dimension": hidden_size,
-                                              "pooling_mode": POOLING_MODES[settings.pooling],
-                                              "include_prompt": True})
+        write_json_file(pooling / "config.json", {"word_embedding_dimension": hidden_size,
+                                                  "pooling_mode": POOLING_MODES[settings.pooling],
+                                                  "include_prompt": True}, indent=2)
     modules = [{"idx": 0, "name": "0", "path": transformer_path, "type": MODULE_TYPES["Transformer"]},
                {"idx": 1, "name": "1", "path": POOLING_DIR, "type": MODULE_TYPES["Pooling"]}]
     if settings.normalize:
         with staged_directory(directory / NORMALIZE_DIR) as normalize:
-            _write_json(normalize / "config.json", {"module_input_name": "sentence_embedding",
-                                                    "module_output_name": "sentence_embedding"})
+            write_json_file(normalize / "config.json", {"module_input_name": "sentence_embedding",
+                                                        "module_output_name": "sentence_embedding"}, indent=2)
         modules.append({"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": MODULE_TYPES["Normalize"]})
-    _write_json(directory / MODEL_CONFIG_FILE, {
+    write_json_file(directory / MODEL_CONFIG_FILE, {
         "__version__": _library_versions(),
         "model_type": "SentenceTransformer",
         "prompts": {"query": settings.query_prefix, "document": settings.passage_prefix},
         "default_prompt_name": None,
         # Normalized vectors: cosine is their dot product, which is what raytev scores with.
         "similarity_fn_name": "cosine" if settings.normalize else "dot",
-    })
+    }, indent=2)
     # modules.json last: readers take a folder with it for a sentence-transformers model, so the rest must be there.
-    _write_json(directory / MODULES_FILE, modules)
+    write_json_file(directory / MODULES_FILE, modules, indent=2)
     return True
