@@ -143,12 +143,16 @@ def reference_gradients(folder: Path, lora: bool, accumulate: bool = False) -> d
     batch = toy_batch(**GLOBAL_BATCH)
     if not accumulate:
         plain_step(model, batch)
-        return {name: grad for name, grad in gradients(model).items() if dict(model.named_parameters())[name]
-                .requires_grad}
+        return trainable_gradients(model)
     share = GLOBAL_BATCH["num_queries"] // 2
     halves = [micro_batches(batch_slice(batch, rank * share, (rank + 1) * share), 2) for rank in range(2)]
     for index in range(2):  # micro-batch `index` of both workers, scored together
         together = {name: torch.cat([halves[0][index][name], halves[1][index][name]]) for name in batch}
         plain_step(model, together, loss_scale=0.5)
-    return {name: grad for name, grad in gradients(model).items() if dict(model.named_parameters())[name]
-            .requires_grad}
+    return trainable_gradients(model)
+
+
+def trainable_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`gradients(model)` of the parameters that train (the adapters alone under LoRA)."""
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return {name: grad for name, grad in gradients(model).items() if name in trainable}
