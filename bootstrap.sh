@@ -13,11 +13,15 @@ py="$venv/bin/python"
 # several GB of CUDA packages (DEVELOPERS.md). An existing torch is kept.
 "$py" -c "import torch" 2>/dev/null || "$py" -m pip install --quiet "torch==2.13.0"
 
-# Install the project when pyproject.toml changed since the last install into this virtualenv.
+# Install the project when pyproject.toml changed since the last install into this virtualenv. One faiss per install
+# (README.md, Install): the cpu extra, unless the GPU build is here already (kept, as torch is: adding faiss-cpu to
+# it would mix two wheels in one faiss/ folder).
 stamp="$venv/.raytev-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "$py" -m pip install --quiet --disable-pip-version-check -e ".[demo,dev,jax]"
+  faiss=cpu
+  "$py" -m pip show faiss-gpu-cu12 >/dev/null 2>&1 && faiss=gpu
+  "$py" -m pip install --quiet --disable-pip-version-check -e ".[$faiss,demo,dev,jax]"
   echo "$want" > "$stamp"
 fi
 

@@ -1,7 +1,7 @@
 """raytev: dense retrieval (Tevatron's train / encode / index / search / evaluate) on Ray.
 
 The Python API is generated from the stage registry (raytev/config/stages.py): `raytev.<name>(**flags)` for
-prepare, validate, train, encode, build_index, search, evaluate, mine, pipeline, demo and serve takes the
+prepare, validate, train, encode, build_index, search, evaluate, mine, pipeline, demo, serve and doctor takes the
 command's flags as keyword arguments and returns the stage's typed result. Functions that use Ray connect to the
 running session when there is one (`ray.init("ray://head:10001")` first to work through a Ray client), else to
 `address=` / RAY_ADDRESS, else start Ray here.
@@ -33,10 +33,11 @@ def _call_stage(api: str, flags: dict):
     import sys
 
     from raytev.config.stages import run_stage
+    from raytev.ray_auth import is_client_address
 
-    if "ray" not in sys.modules and not str(flags.get("address") or "").startswith("ray://"):
+    if "ray" not in sys.modules and not is_client_address(flags.get("address")):
         return run_stage(api, flags)  # no Ray in this process yet, so it cannot be a client: skip importing Ray
-    from raytev.cluster import call_on_cluster, connect, is_client_address
+    from raytev.cluster import call_on_cluster, connect
 
     if is_client_address(flags.get("address")):
         connect(flags["address"])

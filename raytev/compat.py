@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from raytev.errors import RaytevError
@@ -121,6 +124,29 @@ def registered_checkpoint(run_dir: str | Path) -> str | None:
         return None
     result = latest.get("latest_checkpoint_result")
     return result["checkpoint_dir_name"] if result else None
+
+
+@private("ray", "its ray_current_cluster file (ray._common.utils.get_ray_address_file)")
+def local_ray_address(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The address of the cluster `ray start --head` last started on this machine, or None: what `ray.init()` joins
+    when given no address (and "auto"), instead of starting its own Ray.
+
+    `ray start` writes it to <its temp folder>/ray_current_cluster. Read here without importing Ray (0.5 s, too
+    slow for `raytev doctor`), so the folder is chosen as Ray 2.60 chooses it: RAY_TMPDIR, else TMPDIR on Linux,
+    else /tmp (Linux, macOS) or the system's temporary folder. A head stopped with SIGTERM leaves the file behind.
+    """
+    if "RAY_TMPDIR" in environ:
+        system_temp = environ["RAY_TMPDIR"]
+    elif sys.platform.startswith("linux") and "TMPDIR" in environ:
+        system_temp = environ["TMPDIR"]
+    elif sys.platform.startswith(("linux", "darwin")):
+        system_temp = "/tmp"
+    else:
+        system_temp = tempfile.gettempdir()
+    try:
+        return (Path(system_temp) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
 
 
 @private("transformers", "transformers.utils.cached_file(_raise_exceptions_for_*)")

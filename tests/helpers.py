@@ -1,4 +1,5 @@
-"""Test building blocks: a tiny offline tokenizer and BERT, small data files in raytev's formats, a free port."""
+"""Test building blocks: a tiny offline tokenizer and BERT, small data files in raytev's formats, an installed
+wheel's metadata (a faiss build), a free port."""
 
 from __future__ import annotations
 
@@ -111,6 +112,21 @@ def toy_training_groups(count: int, negatives: int = 3) -> list[dict]:
     return [group(f"q{i}", f"what is the {animals[i % 3]} {i}", [passage(f"p{i}", f"the {animals[i % 3]} {i}")],
                   [passage(f"n{i}-{j}", f"a small {animals[(i + j + 1) % 3]} {i * 7 + j}") for j in range(negatives)])
             for i in range(count)]
+
+
+GPU_WHEEL = ("faiss-gpu-cu12", "1.14.1.post1")  # what `pip install "raytev[gpu]"` brings (its newest wheel)
+
+
+def fake_distribution(folder: Path, name: str, version: str, top_level: str | None = None,
+                      files: tuple[str, ...] = ("faiss/__init__.py", "faiss/_swigfaiss.so")) -> Path:
+    """An installed wheel's metadata folder (METADATA, RECORD, optionally top_level.txt), as pip leaves it."""
+    info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in (*files, f"{info.name}/METADATA")))
+    if top_level is not None:
+        (info / "top_level.txt").write_text(top_level)
+    return info
 
 
 def free_port() -> int:

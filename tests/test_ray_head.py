@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from helpers import free_port, make_tiny_beir, save_tiny_bert
 
-from raytev.cluster import WORKER_ENV, enable_token_auth, token_source, worker_env
+from raytev.cluster import WORKER_ENV, worker_env
+from raytev.ray_auth import enable_token_auth, token_source
 
 TESTS = Path(__file__).parent
 BIN = Path(sys.executable).parent

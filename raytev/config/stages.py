@@ -314,6 +314,17 @@ class ServeConfig(Options):
             raise RaytevError(f"--target_ongoing_requests must be above 0, got {self.target_ongoing_requests}")
 
 
+@dataclass(kw_only=True)
+class DoctorConfig(Options):
+    """Report what this install and machine will use (torch, faiss, jax, Ray, CPU, memory) and what is amiss."""
+
+    # For bug reports; it starts no Ray and connects to nothing (raytev/diagnostics/). Not `address`: given that,
+    # the Python API would connect to a ray:// address and run the stage there (raytev._call_stage).
+    json: bool = option(False, "Print one JSON object instead of the text report.")
+    ray_address: str | None = option(None, "The Ray cluster whose connection settings to check (not connected to); "
+                                           "default: RAY_ADDRESS.")
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage: its command words, its Python API name, its config, and the function that runs it (imported only
@@ -347,6 +358,7 @@ STAGES = (
     Stage("demo", "demo", DemoConfig, "raytev.workflows.demo:run_demo"),
     Stage("data validate", "validate", ValidateConfig, "raytev.data.prepare:validate"),
     Stage("serve", "serve", ServeConfig, "raytev.serving.service:serve"),
+    Stage("doctor", "doctor", DoctorConfig, "raytev.diagnostics.report:doctor"),
 )
 
 

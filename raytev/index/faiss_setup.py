@@ -10,6 +10,8 @@ imports it from here (`from raytev.index.faiss_setup import faiss`), so no impor
   per query than 16 scans on 1M x 384, over 1,000 queries 1.3x; a single query scans faster than it multiplies.
   Searches of BLAS_FROM_QUERIES or more queries use BLAS. Results are the same either way: raytev's exact search
   rescores every candidate (see raytev/index/search.py).
+- One faiss: an install with two faiss builds (faiss-cpu and faiss-gpu-cu12 share the `faiss/` folder) or none stops
+  here, before faiss loads, with the repair (raytev/index/faiss_install.py).
 """
 
 from __future__ import annotations
@@ -17,18 +19,35 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from pathlib import Path
+from collections.abc import Iterable
+
+from raytev.errors import RaytevError
+from raytev.index.faiss_install import check_one_faiss, faiss_distributions, import_failure_message
+from raytev.machine import cpu_flags
 
 BLAS_FROM_QUERIES = 4
 
 
 def cpu_has_avx512() -> bool:
-    """Whether /proc/cpuinfo lists AVX-512 (False where there is no /proc)."""
+    """Whether the CPU has AVX-512 (False where there is no /proc/cpuinfo to say so)."""
+    return "avx512f" in (cpu_flags() or ())
+
+
+def import_faiss(paths: Iterable[str] | None = None):
+    """`import faiss` once exactly one distribution on `paths` (default sys.path) provides it; else RaytevError
+    saying how to repair the install."""
+    distributions = faiss_distributions(paths)
+    check_one_faiss(distributions)
     try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512f" in flags
+        import faiss
+    except ImportError as error:
+        raise RaytevError(import_failure_message(distributions, error)) from None
+    if getattr(faiss, "__file__", None) is None:
+        # Uninstalling one of two faiss builds removes the __init__.py both listed: what is left of faiss/ then
+        # imports as an empty namespace package.
+        missing = ImportError(f"{next(iter(faiss.__path__))}/__init__.py is missing")
+        raise RaytevError(import_failure_message(distributions, missing))
+    return faiss
 
 
 def _load_faiss():
@@ -39,8 +58,7 @@ def _load_faiss():
                           "starting Python.", stacklevel=3)
         else:
             os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
-    import faiss
-
+    faiss = import_faiss()
     faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES
     return faiss
 
