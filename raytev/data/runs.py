@@ -1,23 +1,36 @@
 """Run files, read, written and ranked in one place: Tevatron (`qid docid score`), TREC six columns, MS MARCO
-(`qid docid rank`), and the in-memory forms a run takes (read_run's entries, search output, BEIR's dicts)."""
+(`qid docid rank`), and the in-memory forms a run takes (read_run's entries, search output, BEIR's dicts).
+
+Runs grow as queries x depth (MS MARCO's 500k training queries at depth 1000 are 500M lines), so the files are
+parsed by Arrow in blocks and handed on a few hundred whole queries at a time (iter_run_queries); only read_run,
+for callers that want the whole run as Python objects, holds it all.
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
-from raytev.data.lines import iter_lines
-from raytev.errors import ProblemLog, RaytevError
+from raytev.data.lines import iter_lines, open_binary
+from raytev.errors import DataError, Problem, ProblemLog, RaytevError
 from raytev.staging import staged_file
 
 RUN_FORMATS = ("tevatron", "trec", "msmarco")
+# A run as Arrow: one row per line, `line` the 1-based line number in the file.
+RUN_SCHEMA = pa.schema([("query_id", pa.string()), ("docid", pa.string()), ("score", pa.float64()),
+                        ("line", pa.int64())])
+QUERIES_PER_CHUNK = 256  # whole queries handed on at a time: bounded memory whatever the run's size
+WHOLE_RUN_BYTES = 256 << 20  # runs up to this size are read whole, so their lines may come in any order
+READ_BLOCK_BYTES = 16 << 20
+WRITE_ROWS_PER_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,27 +45,165 @@ class RunEntry:
 def read_run(path: str | os.PathLike, problems: ProblemLog) -> dict[str, list[RunEntry]]:
     """A run file as {query id: entries, best score first}; Tevatron three-column or TREC six-column."""
     run: dict[str, list[RunEntry]] = {}
-    for line_number, line in iter_lines(path):
-        fields = line.split()
-        if len(fields) == 3:
-            query_id, docid, score_text = fields
-        elif len(fields) == 6:
-            query_id, _, docid, _, score_text, _ = fields
-        else:
-            problems.add(str(path), line_number,
-                         f"expected 3 columns (qid docid score) or 6 (TREC: qid Q0 docid rank score tag), "
-                         f"got {len(fields)}")
-            continue
-        try:
-            score = float(score_text)
-        except ValueError:
-            problems.add(str(path), line_number, f"score must be a number, got {score_text!r}", field="score")
-            continue
-        run.setdefault(query_id, []).append(RunEntry(line_number, docid, score))
-    for entries in run.values():
-        # Stable sort keeps file order among equal scores, as ranked run files list them.
-        entries.sort(key=lambda entry: -entry.score)
+    for chunk in iter_run_queries(path, problems):
+        run.update(run_entries(chunk))
     return run
+
+
+def run_entries(chunk: pa.Table) -> dict[str, list[RunEntry]]:
+    """A RUN_SCHEMA table of whole queries as {query id: entries}, in the table's order."""
+    entries: dict[str, list[RunEntry]] = {}
+    for query_id, docid, score, line in zip(*(chunk.column(name).to_pylist() for name in RUN_SCHEMA.names)):
+        entries.setdefault(query_id, []).append(RunEntry(line, docid, score))
+    return entries
+
+
+def iter_run_queries(path: str | os.PathLike, problems: ProblemLog, queries_per_chunk: int = QUERIES_PER_CHUNK,
+                     whole_run_bytes: int = WHOLE_RUN_BYTES) -> Iterator[pa.Table]:
+    """The run as RUN_SCHEMA tables of whole queries, each query's rows best score first (file order among equal
+    scores, as ranked run files list them) and queries in the order they first appear.
+
+    A file of up to `whole_run_bytes` is read whole (as Arrow), so its lines may come in any order. A larger one is
+    streamed, holding one chunk of queries: its queries' lines must be together, as every tool writes them (raytev,
+    Tevatron, Pyserini); a query that comes back later is an error that says how to sort the file.
+    """
+    if open_size(path) <= whole_run_bytes:
+        table = pa.concat_tables([RUN_SCHEMA.empty_table(), *iter_run_batches(path, problems)])
+        yield from _query_chunks(_ranked(table), queries_per_chunk)
+        return
+    finished: set[str] = set()
+    pending: list[pa.Table] = []
+    for batch in iter_run_batches(path, problems):
+        pending.append(batch)
+        table = pa.concat_tables(pending)
+        starts = _query_starts(table.column("query_id"))
+        if len(starts) <= queries_per_chunk:  # the last query may go on in the next block
+            continue
+        cut = int(starts[queries_per_chunk * ((len(starts) - 1) // queries_per_chunk)])
+        for chunk in _query_chunks(table.slice(0, cut), queries_per_chunk):
+            yield _ranked(_check_first_seen(chunk, finished, path))
+        pending = [table.slice(cut)]
+    for chunk in _query_chunks(pa.concat_tables([RUN_SCHEMA.empty_table(), *pending]), queries_per_chunk):
+        yield _ranked(_check_first_seen(chunk, finished, path))
+
+
+def open_size(path: str | os.PathLike) -> int:
+    """A file's size in bytes (compressed, for .gz); a missing file fails as open_binary says."""
+    with open_binary(path):
+        return Path(path).stat().st_size
+
+
+def iter_run_batches(path: str | os.PathLike, problems: ProblemLog) -> Iterator[pa.Table]:
+    """The run's lines in file order as RUN_SCHEMA tables, one per block read; bad lines go to `problems`."""
+    first_line = 1
+    with open_binary(path) as handle:
+        for block in _text_blocks(handle, path):
+            yield _parse_lines(block, first_line, str(path), problems)
+            first_line += len(block)
+
+
+def _text_blocks(handle, path: str | os.PathLike) -> Iterator[pa.Array]:
+    """The file's lines, a block at a time (blank lines kept, so positions give line numbers)."""
+    try:
+        reader = pa_csv.open_csv(
+            handle, read_options=pa_csv.ReadOptions(column_names=["text"], block_size=READ_BLOCK_BYTES),
+            # One column of whole lines: the fields are split on any whitespace afterwards.
+            parse_options=pa_csv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False,
+                                              ignore_empty_lines=False),
+            convert_options=pa_csv.ConvertOptions(column_types={"text": pa.string()}, strings_can_be_null=False))
+        for block in reader:
+            yield block.column(0)
+    except pa.ArrowInvalid as error:
+        _raise_unreadable(path, error)
+
+
+def _parse_lines(text: pa.Array, first_line: int, source: str, problems: ProblemLog) -> pa.Table:
+    """Split one block's lines into the run's columns (3 fields, or TREC's 6); log and drop the others."""
+    fields = pc.utf8_split_whitespace(text)
+    counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
+    blank = pc.equal(pc.utf8_trim_whitespace(text), "").to_numpy(zero_copy_only=False)
+    lines = np.arange(first_line, first_line + len(text), dtype=np.int64)
+    for index in np.nonzero(~blank & (counts != 3) & (counts != 6))[0]:
+        problems.add(source, int(lines[index]), f"expected 3 columns (qid docid score) or 6 (TREC: qid Q0 docid rank "
+                                                f"score tag), got {counts[index]}")
+    keep = ~blank & ((counts == 3) | (counts == 6))
+    fields, trec, lines = pc.filter(fields, pa.array(keep)), counts[keep] == 6, lines[keep]
+    # Field i of each line, taken from the flattened fields (list_element would need every line to have it).
+    starts = fields.offsets.to_numpy()[:-1] - fields.offsets[0].as_py()
+    values = pc.list_flatten(fields)
+    query_ids = values.take(pa.array(starts))
+    docids = values.take(pa.array(starts + np.where(trec, 2, 1)))
+    score_texts = values.take(pa.array(starts + np.where(trec, 4, 2)))
+    try:
+        scores = pc.cast(score_texts, pa.float64())
+    except pa.ArrowInvalid:
+        scores, good = _parse_scores(score_texts, lines, source, problems)
+        query_ids, docids, lines = pc.filter(query_ids, good), pc.filter(docids, good), lines[good.to_numpy(
+            zero_copy_only=False)]
+    return pa.table([query_ids, docids, scores, pa.array(lines, pa.int64())], schema=RUN_SCHEMA)
+
+
+def _parse_scores(texts: pa.Array, lines: np.ndarray, source: str,
+                  problems: ProblemLog) -> tuple[pa.Array, pa.Array]:
+    """(the scores that are numbers, which texts those were), one at a time: only for a block in which Arrow's cast
+    met a bad one."""
+    scores, good = [], []
+    for text, line in zip(texts.to_pylist(), lines):
+        try:
+            scores.append(float(text))
+            good.append(True)
+        except ValueError:
+            problems.add(source, int(line), f"score must be a number, got {text!r}", field="score")
+            good.append(False)
+    return pa.array(scores, pa.float64()), pa.array(good)
+
+
+def _raise_unreadable(path: str | os.PathLike, error: Exception) -> None:
+    """Arrow stopped on bytes it cannot read as text: find the line the way iter_lines reports it."""
+    for _ in iter_lines(path):  # raises a located DataError for bad UTF-8 or gzip data
+        pass
+    raise DataError([Problem(str(path), None, f"unreadable run file ({error})")],
+                    "Check that it is a text run file (plain or .gz).") from None
+
+
+def _query_starts(query_ids: pa.ChunkedArray) -> np.ndarray:
+    """Row positions where a new query's lines begin (0 first)."""
+    ids = query_ids.combine_chunks()
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    changes = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.nonzero(changes)[0] + 1])
+
+
+def _query_chunks(table: pa.Table, queries_per_chunk: int) -> Iterator[pa.Table]:
+    """`table` cut between queries into slices of at most `queries_per_chunk` runs of lines."""
+    starts = _query_starts(table.column("query_id"))
+    bounds = [*starts[::queries_per_chunk], table.num_rows]
+    for low, high in zip(bounds, bounds[1:]):
+        yield table.slice(low, high - low)
+
+
+def _check_first_seen(chunk: pa.Table, finished: set[str], path: str | os.PathLike) -> pa.Table:
+    """The chunk, once its queries are recorded as finished; a query seen in an earlier chunk is an error."""
+    starts = _query_starts(chunk.column("query_id"))
+    firsts = chunk.select(["query_id", "line"]).take(pa.array(starts)).to_pylist()
+    for row in firsts:
+        if row["query_id"] in finished:
+            raise DataError([Problem(str(path), row["line"], f"query {row['query_id']!r} comes back after other "
+                                                            "queries' lines")],
+                            "A run this large is read a few queries at a time, so each query's lines must be "
+                            f"together: sort it first, e.g. `sort -s -k1,1 {path} > sorted.txt` (stable, so equal "
+                            "scores keep their order).")
+        finished.add(row["query_id"])
+    return chunk
+
+
+def _ranked(chunk: pa.Table) -> pa.Table:
+    """A chunk of whole queries, each query's rows best score first (stable: file order among equal scores)."""
+    order = pc.index_in(chunk.column("query_id"), value_set=pc.unique(chunk.column("query_id")))
+    keyed = chunk.append_column("query_order", order)
+    return keyed.sort_by([("query_order", "ascending"), ("score", "descending"), ("line", "ascending")]) \
+        .drop_columns(["query_order"]).combine_chunks()
 
 
 def write_run(path: str | os.PathLike, query_ids: Sequence[str], scores: np.ndarray, docids: np.ndarray,
@@ -61,43 +212,58 @@ def write_run(path: str | os.PathLike, query_ids: Sequence[str], scores: np.ndar
 
     Written under a temporary name and renamed, gzip-compressed when `path` ends in .gz. Scores are written as
     the shortest text that reads back as the same float32, so equal scores stay equal and the order is kept.
-    MS MARCO files carry ranks, not scores: `read_run` reads only the other two.
+    MS MARCO files carry ranks, not scores: `read_run` reads only the other two. Lines are formatted by Arrow a
+    block of queries at a time, not one Python string each.
     """
     if format not in RUN_FORMATS:
         raise RaytevError(f"unknown run format {format!r}: choose one of {', '.join(RUN_FORMATS)}.")
-    query_ids = [str(query_id) for query_id in query_ids]
+    query_ids = pa.array([str(query_id) for query_id in query_ids], pa.string())
     if not len(query_ids) == len(scores) == len(docids):
         raise ValueError(f"{len(query_ids)} query ids for {len(scores)} score rows and {len(docids)} docid rows")
     _check_no_whitespace(query_ids, "query id")
-    _check_no_whitespace([docid for row in docids for docid in row if docid is not None], "docid")
     path = Path(path)
+    depth = np.shape(scores)[1] if len(query_ids) else 0
+    rows_per_block = max(1, WRITE_ROWS_PER_BLOCK // max(depth, 1))
     lines = 0
     with staged_file(path) as temporary, \
-            (gzip.open if path.suffix == ".gz" else open)(temporary, "wt", encoding="utf-8") as handle:
-        for query_id, row_scores, row_docids in zip(query_ids, scores, docids):
-            texts = np.asarray(row_scores, dtype=np.float32).astype(str)
-            rows = [_line(format, query_id, docid, rank, text, tag)
-                    for rank, (docid, text) in enumerate(zip(row_docids, texts), start=1) if docid is not None]
-            handle.writelines(rows)
-            lines += len(rows)
+            (gzip.open if path.suffix == ".gz" else open)(temporary, "wb") as handle:
+        for low in range(0, len(query_ids), rows_per_block):
+            high = min(low + rows_per_block, len(query_ids))
+            block = _run_lines(format, query_ids.slice(low, high - low), np.asarray(scores[low:high]),
+                               np.asarray(docids[low:high]), tag)
+            if len(block):
+                handle.write(pc.binary_join(pa.ListArray.from_arrays([0, len(block)], block), "\n")[0].as_buffer())
+                handle.write(b"\n")
+            lines += len(block)
     return lines
 
 
-def _line(format: str, query_id: str, docid: str, rank: int, score: str, tag: str) -> str:
+def _run_lines(format: str, query_ids: pa.Array, scores: np.ndarray, docids: np.ndarray, tag: str) -> pa.Array:
+    """One block of queries' hits as the format's lines (without newlines), empty docids left out."""
+    count, depth = scores.shape
+    flat_docids = pa.array(docids.reshape(-1), pa.string())
+    _check_no_whitespace(flat_docids, "docid")
+    present = pc.is_valid(flat_docids)
+    columns = {
+        "qid": query_ids.take(pa.array(np.repeat(np.arange(count), depth))),
+        "docid": flat_docids,
+        "score": pc.cast(pa.array(np.asarray(scores, dtype=np.float32).reshape(-1)), pa.string()),
+        "rank": pc.cast(pa.array(np.tile(np.arange(1, depth + 1), count)), pa.string()),
+    }
+    columns = {name: pc.filter(values, present) for name, values in columns.items()}
     if format == "tevatron":
-        return f"{query_id}\t{docid}\t{score}\n"
+        return pc.binary_join_element_wise(columns["qid"], columns["docid"], columns["score"], "\t")
     if format == "trec":
-        return f"{query_id} Q0 {docid} {rank} {score} {tag}\n"
-    return f"{query_id}\t{docid}\t{rank}\n"
+        return pc.binary_join_element_wise(columns["qid"], "Q0", columns["docid"], columns["rank"], columns["score"],
+                                           tag, " ")
+    return pc.binary_join_element_wise(columns["qid"], columns["docid"], columns["rank"], "\t")
 
 
-def _check_no_whitespace(values: list[str], what: str) -> None:
+def _check_no_whitespace(values: pa.Array, what: str) -> None:
     """Run files separate columns by whitespace, so an id containing some would shift every column after it."""
-    if not values:
-        return
-    spaced = pc.match_substring_regex(pa.array(values, pa.large_string()), r"\s")
+    spaced = pc.match_substring_regex(values, r"\s")
     if pc.any(spaced).as_py():
-        example = values[pc.index(spaced, True).as_py()]
+        example = values[pc.index(spaced, True).as_py()].as_py()
         raise RaytevError(f"{what} {example!r} contains whitespace, which run files use to separate columns: "
                           "give ids without spaces or tabs.")
 

@@ -9,21 +9,22 @@ from raytev.data.reading import read_passages
 from raytev.data.runs import read_run
 from raytev.data.sources import RecordFiles, expand_paths
 from raytev.errors import ProblemLog, RaytevError
-from raytev.eval.metrics import Evaluation, evaluate_run
+from raytev.eval.metrics import Evaluation, evaluate_run_file
 from raytev.eval.qa import qa_top_k_accuracy
 
 
 def evaluate_files(config: EvalConfig) -> Evaluation:
     """Metrics of --run against --qrels, or top-k answer accuracy with --qa_answers and --qa_corpus."""
     problems = ProblemLog()
-    run = read_run(config.run, problems)
-    problems.raise_if_any()
     if config.qa_answers:
+        run = read_run(config.run, problems)
+        problems.raise_if_any()
         evaluation = evaluate_answers(run, config)
     else:
         qrels = read_qrels(config.qrels, problems)
         problems.raise_if_any()
-        evaluation = evaluate_run(run, qrels, [name.strip() for name in config.metrics.split(",") if name.strip()])
+        metrics = [name.strip() for name in config.metrics.split(",") if name.strip()]
+        evaluation = evaluate_run_file(config.run, qrels, metrics)  # a few hundred queries of the run at a time
     evaluation.title, evaluation.as_json = config.run, config.json  # how summary() shows it
     return evaluation
 

@@ -4,14 +4,15 @@ Evaluation they make, and its text and JSON forms (printing is the caller's)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import ir_measures
 from ir_measures import Measure
 
 from raytev.data.qrels import Judgement
-from raytev.data.runs import Run, ranked_docids
-from raytev.errors import RaytevError
+from raytev.data.runs import QUERIES_PER_CHUNK, WHOLE_RUN_BYTES, Run, iter_run_queries, ranked_docids, run_entries
+from raytev.errors import ProblemLog, RaytevError
 
 
 class Evaluation(dict):
@@ -93,24 +94,60 @@ def evaluate_run(run: Run, qrels: Sequence[Judgement],
     ir_measures providers break ties differently (trec_eval by docid descending, MS MARCO's RR ascending).
     """
     ranked = ranked_docids(run)
-    judged = _judgements_by_query(qrels)
     if not ranked:
         raise RaytevError("the run has no queries: nothing to evaluate (was the search output empty?)")
+    query_ids = list(ranked)
+    chunks = ({query_id: ranked[query_id] for query_id in query_ids[low:low + QUERIES_PER_CHUNK]}
+              for low in range(0, len(query_ids), QUERIES_PER_CHUNK))
+    return evaluate_ranked_chunks(chunks, qrels, metrics)
+
+
+def evaluate_run_file(path: str | os.PathLike, qrels: Sequence[Judgement],
+                      metrics: Iterable[str | Measure] = DEFAULT_METRICS, queries_per_chunk: int = QUERIES_PER_CHUNK,
+                      whole_run_bytes: int = WHOLE_RUN_BYTES) -> Evaluation:
+    """evaluate_run of a run file, read a few hundred queries at a time: memory stays flat whatever its size
+    (see iter_run_queries for the two size-dependent readings)."""
+    problems = ProblemLog()
+    chunks = (ranked_docids(run_entries(chunk))
+              for chunk in iter_run_queries(path, problems, queries_per_chunk, whole_run_bytes))
+    evaluation = evaluate_ranked_chunks(chunks, qrels, metrics)
+    problems.raise_if_any()
+    return evaluation
+
+
+def evaluate_ranked_chunks(chunks: Iterable[dict[str, list[str]]], qrels: Sequence[Judgement],
+                           metrics: Iterable[str | Measure] = DEFAULT_METRICS) -> Evaluation:
+    """evaluate_run over a run given as chunks of {query id: docids, best first}, each query in one chunk only.
+
+    Every measure is averaged by its own ir_measures aggregator, fed query by query, so the result equals one
+    ir_measures.calc_aggregate over the whole run however it is cut.
+    """
+    judged = _judgements_by_query(qrels)
     if not judged:
         raise RaytevError("the qrels have no judgements: nothing to evaluate against")
-    evaluated = [query_id for query_id in ranked if query_id in judged]
+    measures = parse_metrics(metrics)
+    aggregators = {measure: measure.aggregator() for measure in measures.values()}
+    run_queries, evaluated, examples = 0, 0, []
+    for ranked in chunks:
+        run_queries += len(ranked)
+        examples = examples or sorted(ranked)[:3]
+        in_both = [query_id for query_id in ranked if query_id in judged]
+        # Strictly decreasing scores that encode the run's ranks, so that no provider re-breaks ties its own way.
+        run_scores = {query_id: {docid: float(len(ranked[query_id]) - rank)
+                                 for rank, docid in enumerate(ranked[query_id])} for query_id in in_both}
+        # Qrels of the evaluated queries only: ir_measures adds every other qrels query to the average as a zero.
+        for metric in ir_measures.iter_calc(list(aggregators), {q: judged[q] for q in in_both}, run_scores):
+            aggregators[metric.measure].add(metric.value)
+        evaluated += len(in_both)
+    if not run_queries:
+        raise RaytevError("the run has no queries: nothing to evaluate (was the search output empty?)")
     if not evaluated:
         raise RaytevError(
-            f"the run and the qrels share no query: the run has {_examples(ranked)}, the qrels {_examples(judged)}. "
-            f"Check that both come from the same dataset and split (e.g. test qrels for a test-query run).")
-    measures = parse_metrics(metrics)
-    # Strictly decreasing scores that encode the run's ranks, so that no provider re-breaks ties its own way.
-    run_scores = {query_id: {docid: float(len(ranked[query_id]) - rank)
-                             for rank, docid in enumerate(ranked[query_id])} for query_id in evaluated}
-    # Qrels of the evaluated queries only: ir_measures adds every other qrels query to the average as a zero.
-    values = ir_measures.calc_aggregate(list(measures.values()), {q: judged[q] for q in evaluated}, run_scores)
-    return Evaluation({name: float(values[measure]) for name, measure in measures.items()},
-                      queries=len(evaluated), missing_queries=len(judged.keys() - ranked.keys()))
+            f"the run and the qrels share no query: the run has {run_queries} queries (ids "
+            f"{', '.join(repr(q) for q in examples)}, ...), the qrels {_examples(judged)}. Check that both come from "
+            f"the same dataset and split (e.g. test qrels for a test-query run).")
+    return Evaluation({name: float(aggregators[measure].result()) for name, measure in measures.items()},
+                      queries=evaluated, missing_queries=len(judged) - evaluated)
 
 
 def _judgements_by_query(qrels: Sequence[Judgement]) -> dict[str, dict[str, int]]:

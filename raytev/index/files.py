@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +37,25 @@ class SearchResult:
     """The ranking of every query (as written to the run file), and how long the search took."""
 
     run: Path
-    rankings: dict[str, list[tuple[str, float]]]  # query id -> [(docid, score)], best first
     lines: int
     depth: int
     format: str
     seconds: float
+    query_ids: list[str] = field(repr=False)
+    scores: np.ndarray = field(repr=False)  # [queries, depth], best first
+    docids: np.ndarray = field(repr=False)  # [queries, depth]; None where a query found fewer
+
+    @functools.cached_property
+    def rankings(self) -> dict[str, list[tuple[str, float]]]:
+        """query id -> [(docid, score)], best first: Python objects made only when asked for (a 500k-query run at
+        depth 1000 would be 500M of them)."""
+        return {query_id: [(str(docid), float(score)) for docid, score in zip(row_docids, row_scores)
+                           if docid is not None]
+                for query_id, row_scores, row_docids in zip(self.query_ids, self.scores, self.docids)}
 
     def summary(self) -> str:
         """What `raytev search` prints."""
-        return (f"searched {len(self.rankings):,} queries (depth {self.depth}) in {self.seconds:.1f} s: "
+        return (f"searched {len(self.query_ids):,} queries (depth {self.depth}) in {self.seconds:.1f} s: "
                 f"{self.lines:,} lines ({self.format}) -> {self.run}")
 
 
@@ -59,12 +70,8 @@ def search_files(config: SearchConfig) -> SearchResult:
     started = time.perf_counter()
     query_ids, scores, docids = rank_files(config)
     lines = write_run(config.save_ranking_to, query_ids, scores, docids, config.format)
-    # Columns a query did not fill (an ANN index that found fewer) hold None docids.
-    rankings = {query_id: [(str(docid), float(score)) for docid, score in zip(row_docids, row_scores)
-                           if docid is not None]
-                for query_id, row_scores, row_docids in zip(query_ids, scores, docids)}
-    return SearchResult(Path(config.save_ranking_to), rankings, lines, config.retrieval.depth, config.format,
-                        time.perf_counter() - started)
+    return SearchResult(Path(config.save_ranking_to), lines, config.retrieval.depth, config.format,
+                        time.perf_counter() - started, list(query_ids), scores, docids)
 
 
 def rank_files(config: SearchConfig) -> tuple[list[str], np.ndarray, np.ndarray]:

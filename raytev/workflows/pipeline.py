@@ -10,10 +10,9 @@ from pathlib import Path
 from raytev.config.stages import PipelineConfig, TrainConfig
 from raytev.data.model_folder import resolve_model
 from raytev.data.qrels import read_qrels
-from raytev.data.runs import read_run
 from raytev.data.sources import resolve_source
 from raytev.errors import ProblemLog, RaytevError
-from raytev.eval.metrics import Evaluation, evaluate_run, format_json, format_table
+from raytev.eval.metrics import Evaluation, evaluate_run_file, format_json, format_table
 from raytev.staging import staged_file
 from raytev.workflows.retrieval import StageTiming, finished, retrieve
 
@@ -77,9 +76,9 @@ def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) 
 
     started = time.perf_counter()
     problems = ProblemLog()
-    run, qrels = read_run(outputs.run, problems), read_qrels(qrels_path, problems)
+    qrels = read_qrels(qrels_path, problems)
     problems.raise_if_any()
-    metrics = evaluate_run(run, qrels)
+    metrics = evaluate_run_file(outputs.run, qrels)
     write_metrics(output_dir / METRICS_FILE, metrics)
     finished(stages, "evaluate", time.perf_counter() - started, f"{metrics.queries} queries against {qrels_path.name}")
     return PipelineResult(output_dir, model_section.model_name_or_path, metrics, stages,
