@@ -91,6 +91,29 @@ def serve_controller(http_options: dict, proxy_location):
     return api.serve_start(http_options=http_options, proxy_location=proxy_location)
 
 
+@private("ray", "ray.serve._private.common.ReplicaID, ray.serve._private.constants.SERVE_NAMESPACE")
+def serve_replica_actors(app_name: str) -> dict[str, list]:
+    """The actors of an application's Serve replicas, by deployment name (replicas in name order).
+
+    Serve's public API reaches a deployment only through handles, which route each call to one replica and, in
+    Serve's high-throughput mode (HAProxy), run in the caller's event loop and refuse plain code. Replicas are named
+    actors in Serve's namespace, named by ReplicaID.to_full_id_str().
+    """
+    import ray
+    from ray.serve._private.common import ReplicaID
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    actors: dict[str, list] = {}
+    for entry in sorted(ray.util.list_named_actors(all_namespaces=True), key=lambda entry: entry["name"]):
+        if entry["namespace"] != SERVE_NAMESPACE or not ReplicaID.is_full_id_str(entry["name"]):
+            continue
+        replica = ReplicaID.from_full_id_str(entry["name"])
+        if replica.deployment_id.app_name == app_name:
+            actors.setdefault(replica.deployment_id.name, []).append(
+                ray.get_actor(entry["name"], namespace=SERVE_NAMESPACE))
+    return actors
+
+
 @private("ray", "ray.autoscaler._private.util.prepare_config / validate_config")
 def launcher_config_checks() -> tuple[Callable, Callable]:
     """(prepare_config, validate_config): what `ray up` runs on a cluster YAML before it touches a cloud.

@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raytev.data.embeddings import (EmbeddingsManifest, EmbeddingsWriter, find_shards, load_embeddings,
-                                    read_manifest, read_tevatron_pickle, write_tevatron_pickle)
+from raytev.data.embeddings import (
+    EmbeddingsManifest,
+    EmbeddingsWriter,
+    check_shared_folder,
+    find_shards,
+    load_embeddings,
+    read_manifest,
+    read_tevatron_pickle,
+    write_shard_file,
+    write_tevatron_pickle,
+)
 from raytev.errors import RaytevError
 
 
@@ -27,6 +36,20 @@ def test_shards_round_trip_in_order(tmp_path):
     assert ids.tolist() == ["a", "b", "c"]
     assert np.array_equal(loaded, np.concatenate([vectors(2, 0), vectors(1, 1)]))
     assert read_manifest(tmp_path / "emb").count == 3 and not list((tmp_path / "emb").glob(".*tmp"))
+
+
+def test_shards_written_by_other_processes_are_recorded_only_when_this_one_sees_them(tmp_path):
+    writer = EmbeddingsWriter(tmp_path / "emb", manifest())
+    check_shared_folder(writer.directory)  # what an encoding actor checks before it loads a model
+    assert write_shard_file(writer.directory, 1, ["c", "d"], vectors(2, 1), 4) == 2  # as an actor writes it
+    assert read_manifest(writer.directory).shards == {}  # the file alone finishes nothing
+    writer.record_shard(1, 2)
+    assert read_manifest(writer.directory).shards == {"shard-00001.parquet": 2} and writer.finished() == {1}
+    # An actor on a node without the shared filesystem wrote shard 0 into its own disk: refused with what to do.
+    with pytest.raises(RaytevError, match="every node mounts at the same place"):
+        writer.record_shard(0, 1)
+    with pytest.raises(RaytevError, match="not visible on this node.*every node mounts"):
+        check_shared_folder(tmp_path / "elsewhere")
 
 
 def test_reopening_keeps_finished_shards_and_refuses_another_run(tmp_path):

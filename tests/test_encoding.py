@@ -9,7 +9,7 @@ from helpers import make_config, resolved, save_tiny_bert, save_tiny_sentence_tr
 
 from raytev.config.sections import DataSection
 from raytev.config.stages import EncodeConfig
-from raytev.data.embeddings import EmbeddingsWriter, load_embeddings, read_manifest, read_tevatron_pickle
+from raytev.data.embeddings import load_embeddings, read_manifest, read_tevatron_pickle
 from raytev.data.prepare import prepare_data
 from raytev.encoding.encoder import encode, shard_ranges
 from raytev.errors import RaytevError
@@ -24,7 +24,8 @@ def corpus(tmp_path):
     model = save_tiny_bert(tmp_path / "model")
     path = write_jsonl(tmp_path / "corpus.jsonl",
                        [{"docid": f"d{i}", "title": "t", "text": "a small cat " * (1 + i % 7)} for i in range(40)])
-    queries = write_jsonl(tmp_path / "queries.jsonl", [{"query_id": f"q{i}", "query": "what is a dog"} for i in range(5)])
+    queries = write_jsonl(tmp_path / "queries.jsonl",
+                          [{"query_id": f"q{i}", "query": "what is a dog"} for i in range(5)])
     return {"model": str(model), "corpus": str(path), "queries": str(queries), "out": tmp_path / "emb"}
 
 
@@ -54,51 +55,71 @@ def test_shard_ranges_cover_a_slice_once():
     assert shard_ranges(10, 1, 3, 2) == [(3, 5), (5, 6)]
     covered = [row for part in range(3) for low, high in shard_ranges(10, part, 3, 2) for row in range(low, high)]
     assert covered == list(range(10))
+    # Shards are what actors take: an input of fewer than 64 full shards is cut shorter (not under 1,024 rows)...
+    assert shard_ranges(5_183, 0, 1, 50_000) == [(start, min(start + 1024, 5_183)) for start in range(0, 5_183, 1024)]
+    assert len(shard_ranges(200_000, 0, 1, 50_000)) == 64
+    # ... and a large one keeps --rows_per_shard.
+    assert shard_ranges(8_800_000, 0, 1, 50_000)[:2] == [(0, 50_000), (50_000, 100_000)]
 
 
-def test_actor_pool_vectors_equal_one_by_one_encoding(ray_session, corpus):
-    result = run_encode(corpus)
+def shard_files(folder):
+    """Each shard file's name -> (inode, modification time): a rewritten file gets new ones."""
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(folder.glob("shard-*"))}
+
+
+def test_actor_written_shards_equal_driver_written_ones_and_the_model_one_text_at_a_time(ray_session, corpus, tmp_path):
+    result = run_encode(corpus)  # 2 actors, 4 shards of 10: each actor writes the shards it encodes
     assert (result.rows, result.shards, result.dim) == (40, 4, 32)
     ids, vectors = load_embeddings(str(corpus["out"]))
     expected_ids, expected = reference_vectors(corpus)
-    assert ids.tolist() == expected_ids  # file order, no duplicates
+    assert ids.tolist() == expected_ids  # every id once, in input order, across actors and shards
     np.testing.assert_allclose(vectors, expected, atol=1e-5)  # padding and length sorting change nothing
     manifest = read_manifest(corpus["out"])
     assert manifest.complete and manifest.count == 40 and manifest.kind == "passages"
+    assert sorted(manifest.shards) == sorted(shard_files(corpus["out"]))  # every shard recorded, nothing else
+
+    # Written by this process instead (--num_actors 0, the driver): the same ids and the very same vectors, as the
+    # same shards are cut into the same length-sorted batches.
+    corpus["out"] = tmp_path / "in-process"
+    run_encode(corpus, num_actors=0)
+    driver_ids, driver_vectors = load_embeddings(str(corpus["out"]))
+    assert driver_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(driver_vectors, vectors)
 
 
-def test_encoding_in_this_process_gives_the_actor_pools_vectors(corpus):
-    result = run_encode(corpus, num_actors=0)  # no Ray at all
-    assert (result.rows, result.shards) == (40, 4)
+def test_a_deleted_shard_alone_is_encoded_again(ray_session, corpus):
+    run_encode(corpus)
+    ids, vectors = load_embeddings(str(corpus["out"]))
+    before = shard_files(corpus["out"])
+    (corpus["out"] / "shard-00002.parquet").unlink()
+    result = run_encode(corpus)
+    assert (result.rows, result.reused_shards) == (10, 3)
+    after = shard_files(corpus["out"])
+    assert {name: after[name] for name in before if name != "shard-00002.parquet"} == \
+        {name: stat for name, stat in before.items() if name != "shard-00002.parquet"}  # untouched
+    assert after["shard-00002.parquet"] != before["shard-00002.parquet"]
+    again_ids, again_vectors = load_embeddings(str(corpus["out"]))
+    assert again_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(again_vectors, vectors)
+
+
+def test_an_actor_failing_on_one_shard_leaves_no_part_of_it_and_a_rerun_finishes(ray_session, corpus):
+    run_encode(corpus, num_actors=0)
+    (corpus["out"] / "shard-00001.parquet").unlink()
+    (corpus["out"] / "shard-00001.parquet").mkdir()  # an actor encodes shard 1, then cannot move it into place
+    with pytest.raises(Exception, match="shard-00001.parquet"):
+        run_encode(corpus)
+    leftovers = [path.name for path in corpus["out"].iterdir() if path.name.startswith(".")]
+    assert leftovers == []  # no temporary file of the failed shard (or any other) is left behind
+    manifest = read_manifest(corpus["out"])
+    assert "shard-00001.parquet" not in manifest.shards
+    assert all((corpus["out"] / name).is_file() for name in manifest.shards)
+    (corpus["out"] / "shard-00001.parquet").rmdir()
+    result = run_encode(corpus)
+    assert (result.rows, result.reused_shards) == (10, 3)
     ids, vectors = load_embeddings(str(corpus["out"]))
     expected_ids, expected = reference_vectors(corpus)
     assert ids.tolist() == expected_ids
-    np.testing.assert_allclose(vectors, expected, atol=1e-5)
-
-
-def test_an_interrupted_encoding_resumes_without_redoing_or_duplicating(ray_session, corpus, monkeypatch):
-    written = []
-    original = EmbeddingsWriter.write_shard
-
-    def fail_after_one(self, index, ids, vectors):
-        if written:
-            raise KeyboardInterrupt("stopped by the test")
-        written.append(index)
-        original(self, index, ids, vectors)
-
-    monkeypatch.setattr(EmbeddingsWriter, "write_shard", fail_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        run_encode(corpus)
-    assert len(read_manifest(corpus["out"]).shards) == 1
-    monkeypatch.setattr(EmbeddingsWriter, "write_shard", original)
-    redone = []
-    monkeypatch.setattr(EmbeddingsWriter, "write_shard",
-                        lambda self, index, ids, vectors: (redone.append(index), original(self, index, ids, vectors)))
-    result = run_encode(corpus)
-    assert result.reused_shards == 1 and written[0] not in redone and len(redone) == 3
-    ids, vectors = load_embeddings(str(corpus["out"]))
-    expected_ids, expected = reference_vectors(corpus)
-    assert ids.tolist() == expected_ids and len(set(ids.tolist())) == 40
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 

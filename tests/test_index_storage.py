@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -11,9 +12,24 @@ import pytest
 
 from raytev.errors import RaytevError
 from raytev.index.build import build_index
+from raytev.index.faiss_setup import faiss
 from raytev.index.search import search
 from raytev.index.storage import load_index, save_index
-from test_index_build import write_embeddings
+from test_index_build import clustered, write_embeddings
+
+
+def mapped_file(address: int) -> str | None:
+    """The file this process has mapped at `address` (None: anonymous memory); NotImplemented without /proc."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return NotImplemented
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        start, end = (int(bound, 16) for bound in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 and fields[5].startswith("/") else None
+    return None
 
 
 def test_saved_index_holds_faiss_ids_and_description(tmp_path):
@@ -59,3 +75,18 @@ def test_missing_or_inconsistent_indexes_are_explained(tmp_path):
     pq.write_table(pa.table({"id": ["x"]}), folder / "ids.parquet")
     with pytest.raises(RaytevError, match="not a raytev index description"):
         load_index(folder)
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4"])
+def test_a_mapped_index_searches_like_one_read_into_memory(tmp_path, spec):
+    vectors = clustered(600, seed=0, dim=16)
+    queries = clustered(20, seed=1, dim=16)
+    folder = save_index(build_index(write_embeddings(tmp_path / "emb", vectors, [600]), spec), tmp_path / "index")
+    mapped, read = load_index(folder, mmap=True), load_index(folder)
+    for got, want in zip(search(mapped, queries, 10, search_parameters="nprobe=4" if "IVF" in spec else ""),
+                         search(read, queries, 10, search_parameters="nprobe=4" if "IVF" in spec else "")):
+        assert np.array_equal(got, want)
+    if spec == "Flat" and mapped_file(0) is not NotImplemented:
+        assert mapped_file(mapped.flat_vectors().ctypes.data) == str(folder / "index.faiss")
+        assert not faiss.downcast_index(mapped.faiss_index).codes.is_owned
+        assert mapped_file(read.flat_vectors().ctypes.data) != str(folder / "index.faiss")

@@ -47,3 +47,24 @@ def test_memory_from_meminfo_without_psutil(tmp_path, monkeypatch):
     assert machine.memory_gib() == (23.5, 11.8)
     monkeypatch.setattr(machine, "MEMINFO", tmp_path / "missing")
     assert machine.memory_gib() == (None, None)
+
+
+def test_process_memory_tells_mapped_file_pages_from_the_process_own(tmp_path):
+    import numpy as np
+    import pytest
+
+    if machine.process_memory() is None:
+        pytest.skip("no /proc to read a process's memory from")
+    size = 64 << 20
+    (tmp_path / "data").write_bytes(b"\1" * size)
+    before = machine.process_memory()
+    mapped = np.memmap(tmp_path / "data", mode="r", dtype=np.uint8)
+    assert int(mapped[::4096].sum()) == size // 4096  # one byte of every page: all of them resident
+    touched = machine.process_memory()
+    assert touched.file - before.file > 0.9 * size and touched.anonymous - before.anonymous < 0.1 * size
+    own = np.ones(size, dtype=np.uint8)
+    copied = machine.process_memory()
+    assert copied.anonymous - touched.anonymous > 0.9 * size and abs(copied.file - touched.file) < 0.1 * size
+    assert copied.peak_rss >= copied.rss >= copied.uss and copied.rss >= copied.pss > 0 and own.sum() == size
+    assert machine.process_memory(2**31) is None  # no such process
+    assert copied.describe().startswith("RSS ") and "own " in copied.describe()

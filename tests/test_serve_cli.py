@@ -4,6 +4,7 @@ in-process search, the token enforced, and Ctrl-C (SIGTERM) stopping it promptly
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,6 +76,9 @@ def test_raytev_serve_behind_haproxy_answers_like_the_in_process_search(tmp_path
             assert served == [[str(docid) for docid in row] for row in expected]
             assert requests.post(f"{url}/search", json={"vectors": queries.tolist()}, timeout=30).status_code == 401
             wait_for_banner(tmp_path / "serve.log", process)  # HAProxy answers before Serve reports RUNNING
+            printed = (tmp_path / "serve.log").read_text(errors="replace")  # each replica's memory, from its /proc
+            for replica in ("IndexShard0", "Ingress"):
+                assert re.search(rf"\n  {replica} +RSS [\d,]+ MiB \(own [\d,]+ MiB, mapped files [\d,]+ MiB", printed)
             started = time.time()
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)

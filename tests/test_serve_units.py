@@ -15,17 +15,17 @@ from raytev.config.stages import ServeConfig
 from raytev.errors import RaytevError
 from raytev.index.build import build_index
 from raytev.index.search import search
-from raytev.index.storage import save_index
+from raytev.index.storage import load_index, save_index
 from raytev.serving.agreed_versions import SwapInProgress, choose_versions
 from raytev.serving.app import (DEPLOYMENT_SWAPS, SWAPPABLE, application_config, config_from_args, serve_config,
                                 swapped, user_configs)
 from raytev.serving.http import make_api, token_digest
-from raytev.serving.ingress import corpus_texts
 from raytev.serving.parts import check_index, load_part, merge_shard_hits, row_range
 from raytev.serving.replica import BatchRunner, Versions
 from raytev.serving.validation import Limits, RequestError, check_dimension, parse_search_request
-from helpers import save_tiny_bert, write_jsonl
+from helpers import save_tiny_bert
 from test_index_build import write_embeddings
+from test_index_storage import mapped_file
 
 LIMITS = Limits(max_queries=4, max_k=50, max_body_bytes=2000)
 
@@ -95,6 +95,31 @@ def test_shard_parts_merge_into_the_ranking_of_one_flat_index(tmp_path):
     scores, docids = merge_shard_hits(parts, 500)
     assert docids.shape == (3, 301) and all(len(set(row)) == 301 for row in docids.tolist())
     assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+@pytest.mark.skipif(mapped_file(0) is NotImplemented, reason="needs Linux's /proc/self/maps")
+def test_flat_shards_are_views_of_the_mapped_index_file_and_search_like_the_index_in_memory(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((1000, 24)).astype(np.float32)
+    queries = rng.standard_normal((30, 24)).astype(np.float32)
+    folder = save_index(build_index(write_embeddings(tmp_path / "emb", vectors, [400, 600])), tmp_path / "index")
+    in_memory = load_index(folder)  # read into memory, not mapped
+    expected = search(in_memory, queries, 20)
+    for num_shards in (1, 2, 3):
+        parts = [load_part(str(folder), shard, num_shards) for shard in range(num_shards)]
+        for part, (low, high) in parts:
+            rows = part.flat_vectors()
+            assert mapped_file(rows.ctypes.data) == str(folder / "index.faiss")  # the file's pages, no copy
+            assert np.array_equal(rows, vectors[low:high])
+            assert part.ids.to_pylist() == in_memory.ids[low:high].to_pylist()
+            # Each part alone searches like a copy of its rows in memory (ids and scores exactly)...
+            copied = in_memory.row_slice(low, high)
+            assert mapped_file(copied.flat_vectors().ctypes.data) != str(folder / "index.faiss")
+            for got, want in zip(search(part, queries, 20), search(copied, queries, 20)):
+                assert np.array_equal(got, want)
+        # ... and the parts merged like the whole index in memory.
+        scores, docids = merge_shard_hits([search(part, queries, 20) for part, _ in parts], 20)
+        assert np.array_equal(docids, expected[1]) and np.array_equal(scores, expected[0]), num_shards
 
 
 def test_missing_hits_stay_last_in_the_merge():
@@ -315,15 +340,6 @@ def test_a_served_text_query_is_encoded_with_the_models_own_query_prompt(tmp_pat
     assert not np.allclose(vectors, batch_path(""), atol=1e-4)  # the prompt changes the vectors
     # A flag still wins over the model's own prompt.
     assert load_query_model({**user_config, "query_prefix": ""}).tokenize.prefix == ""
-
-
-def test_corpus_texts_come_from_raytev_readers(tmp_path):
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": "d1", "title": "T", "text": "a cat"},
-                                                     {"_id": "d2", "text": "a dog"}])
-    assert corpus_texts(str(corpus)) == {"d1": ("T", "a cat"), "d2": ("", "a dog")}
-    assert len(corpus_texts("scifact")) == 5183
-    with pytest.raises(RaytevError, match="file not found"):
-        corpus_texts(str(tmp_path / "missing.jsonl"))
 
 
 def test_the_serve_config_yaml_is_a_valid_config_of_the_builder():

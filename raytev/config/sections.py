@@ -95,6 +95,9 @@ class DataSection(Options):
                                 aliases=("split",))
     dataset_cache_dir: str | None = option(
         None, "Where tokenized data is cached (default: $RAYTEV_CACHE_DIR or ~/.cache/raytev/datasets).")
+    rehash_inputs: bool = option(
+        False, "Read every input file in full to fingerprint it, instead of trusting the cache's memo for files whose "
+               "size and modification time are unchanged (for files rewritten with their old times).")
     corpus_path: str | None = option(
         None, "Corpus JSONL/TSV that training groups refer to by docid (positive_document_ids format).")
     encode_is_query: bool = option(False, "The input is queries, not passages (for files that could be either).")

@@ -141,8 +141,9 @@ class EncodeConfig(EncodingStage):
     overwrite_output: bool = option(False, "Discard embeddings already at the output path instead of resuming.")
     replace_other_runs: bool = option(False, "Embeddings of a different encoding (model, data, settings) at the "
                                              "output path are replaced instead of refused; the same one resumes.")
-    rows_per_shard: int = option(50_000, "Vectors per output shard: the unit an interrupted encoding resumes from.",
-                                 at_least=1)
+    rows_per_shard: int = option(50_000, "Vectors per output shard at most (smaller inputs are cut into 64 shards of "
+                                         "at least 1,024): the unit an actor encodes and writes, and an interrupted "
+                                         "encoding resumes from.", at_least=1)
 
     def check(self) -> None:
         super().check()

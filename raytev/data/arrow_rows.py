@@ -1,10 +1,17 @@
-"""Stream rows into an Arrow IPC file in fixed-size batches, so no input is ever held whole in memory."""
+"""Arrow IPC stream files written row by row and read batch by batch, so no input is ever held whole in memory.
+
+Reading goes through plain file reads, not a memory map: pages of a mapped file that were read stay in the
+process's resident memory until the map is closed, so streaming a large file through a map grows with the file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+
+from raytev.staging import staged_file
 
 
 class ArrowRowWriter:
@@ -44,6 +51,47 @@ class ArrowRowWriter:
 
 
 def read_arrow_rows(path: Path) -> pa.Table:
-    """An Arrow stream file written by ArrowRowWriter, memory-mapped."""
+    """An Arrow stream file written by ArrowRowWriter, memory-mapped (for small files, or columns read once)."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
+
+
+def count_arrow_rows(path: Path) -> int:
+    """How many rows an Arrow stream file holds, from its batches' headers (the mapped data is not touched)."""
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+
+
+def iter_arrow_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """An Arrow stream file's record batches in order, each read into memory and dropped by the caller."""
+    with pa.OSFile(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            yield batch.select(columns) if columns else batch
+
+
+def iter_arrow_chunks(path: Path, rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """An Arrow stream file's rows in order, as tables of exactly `rows` rows (the last one may hold fewer).
+
+    Two files of equal length read with the same `rows` give aligned chunks, whatever their batches were.
+    """
+    pending: list[pa.RecordBatch] = []
+    buffered = 0
+    for batch in iter_arrow_batches(path, columns):
+        pending.append(batch)
+        buffered += batch.num_rows
+        while buffered >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, buffered = rest.to_batches(), rest.num_rows
+    if buffered:
+        yield pa.Table.from_batches(pending)
+
+
+def rewrite_arrow_batches(path: Path, change: Callable[[pa.RecordBatch], pa.RecordBatch]) -> None:
+    """Replace an Arrow stream file by its batches passed through `change` (which keeps the schema), one at a time."""
+    with pa.OSFile(str(path)) as source, staged_file(path) as temporary:
+        reader = pa.ipc.open_stream(source)
+        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(change(batch))

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytev.staging import staged_directory
+from raytev.staging import staged_directory, write_json_file
 
 # Bump when the layout or the meaning of a column changes: old tables are then simply not found.
 CACHE_FORMAT = 2  # 2: tables carry a `row` column
 MANIFEST = "manifest.json"
+FILE_HASHES = "input-hashes.json"  # FileHashes' memo, beside the tables
+RACY_SECONDS = 2.0  # a file modified this recently is hashed but not remembered (see FileHashes)
 
 
 def default_cache_dir() -> Path:
@@ -42,6 +46,44 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         while chunk := handle.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class FileHashes:
+    """file_fingerprint of input files, remembered in a JSON file of the cache folder by (path, size, modification
+    time, inode), so an unchanged multi-GB corpus is not read again on every prepare. `rehash` ignores the memo."""
+
+    def __init__(self, memo_file: Path, rehash: bool = False):
+        self.memo_file, self.rehash = Path(memo_file), rehash
+        try:
+            self._memo: dict[str, dict] = json.loads(self.memo_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self._memo = {}
+        self._changed = False
+
+    def __call__(self, path: str | os.PathLike) -> str:
+        """The file's hash: from the memo while its size and times are unchanged, else read in full."""
+        path = Path(path).resolve()
+        stat = path.stat()
+        signature = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+        remembered = self._memo.get(str(path))
+        if not self.rehash and remembered is not None and remembered.get("stat") == signature:
+            return remembered["sha256"]
+        digest = file_fingerprint(path)
+        # A file changed again within its clock's resolution of this read would keep its time: remembered only
+        # once its time is safely in the past (git's "racily clean" entries).
+        if time.time_ns() - stat.st_mtime_ns > RACY_SECONDS * 1e9:
+            self._memo[str(path)] = {"stat": signature, "sha256": digest}
+            self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the memo if it changed, dropping files that no longer exist; concurrent runs may lose each other's
+        entries, which then are only hashed again."""
+        if self._changed:
+            memo = {path: entry for path, entry in self._memo.items() if os.path.exists(path)}
+            self.memo_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_file(self.memo_file, memo, indent=1, sort_keys=True)
+            self._changed = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +111,14 @@ class TokenTable:
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The whole table (or some columns), memory-mapped from the shards."""
         return pa.concat_tables(pq.read_table(file, columns=columns, memory_map=True) for file in self.files)
+
+    def iter_column(self, name: str, batch_rows: int = 4096) -> Iterator[pa.Array]:
+        """One column's values in row order, a batch at a time, read (not memory-mapped: mapped pages that were
+        read stay resident) so memory holds one batch."""
+        for file in self.files:
+            with pq.ParquetFile(file) as parquet:
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=[name]):
+                    yield batch.column(0)
 
     @classmethod
     def open(cls, path: Path) -> TokenTable | None:

@@ -1,7 +1,8 @@
 """Embeddings on disk: a folder of Parquet shards (`id`, `embedding`) and a manifest; Tevatron pickles on request.
 
 A shard appears under its final name only when complete, and the manifest lists only finished shards, so an
-interrupted encoding resumes where it stopped and a reader never sees half a shard.
+interrupted encoding resumes where it stopped and a reader never sees half a shard. Shard files may be written by
+other processes (encoding actors, write_shard_file); one writer, EmbeddingsWriter, keeps the manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from raytev.staging import staged_file, write_json_file
 MANIFEST = "manifest.json"
 FORMAT = "raytev-embeddings"
 VERSION = 1
+# Shards are local files (pathlib, rename into place): processes on other machines reach them only through a
+# filesystem mounted on every node.
+SHARED_PATH_HELP = ("Encoding actors write their shards into {directory} themselves: on a cluster of several machines "
+                    "give an output path (and --dataset_cache_dir) on storage every node mounts at the same place "
+                    "(NFS, EFS, Filestore, Lustre, a FUSE-mounted bucket).")
 
 
 @dataclass
@@ -103,18 +109,40 @@ class EmbeddingsWriter:
         return {int(name[len("shard-"):-len(".parquet")]) for name in self.manifest.shards}
 
     def write_shard(self, index: int, ids: list[str] | pa.Array, vectors: np.ndarray) -> None:
-        """Write shard `index` under a temporary name, rename it into place, then record it in the manifest."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.manifest.dim or len(vectors) != len(ids):
-            raise ValueError(f"shard {index}: expected {len(ids)} x {self.manifest.dim} vectors, got {vectors.shape}")
+        """Write shard `index` (complete or absent), then record it in the manifest."""
+        self.record_shard(index, write_shard_file(self.directory, index, ids, vectors, self.manifest.dim))
+
+    def record_shard(self, index: int, rows: int) -> None:
+        """Record in the manifest that shard `index` (`rows` vectors) is in place, written here or elsewhere."""
         name = shard_name(index)
-        table = pa.table({"id": pa.array(ids, pa.string()),
-                          "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)),
-                                                                         self.manifest.dim)})
-        with staged_file(self.directory / name) as temporary:
-            pq.write_table(table, temporary)
-        self.manifest.shards[name] = len(ids)
+        if not (self.directory / name).is_file():
+            raise RaytevError(f"shard {name} was written by a process that sees another filesystem. "
+                              f"{SHARED_PATH_HELP.format(directory=self.directory)}")
+        self.manifest.shards[name] = rows
         write_json_file(self.directory / MANIFEST, asdict(self.manifest), indent=1, sort_keys=True)
+
+
+def check_shared_folder(directory: str | os.PathLike) -> None:
+    """Fail with what to do unless this process sees the folder (and manifest) an EmbeddingsWriter opened."""
+    if not (Path(directory) / MANIFEST).is_file():
+        raise RaytevError(f"{directory} (or its {MANIFEST}) is not visible on this node. "
+                          f"{SHARED_PATH_HELP.format(directory=directory)}")
+
+
+def write_shard_file(directory: str | os.PathLike, index: int, ids: list[str] | pa.Array, vectors: np.ndarray,
+                     dim: int) -> int:
+    """Write shard `index` of `directory` under a temporary name and rename it into place; return its rows.
+
+    Touches no manifest, so encoding actors call it wherever they run; the driver records the shard afterwards.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(ids):
+        raise ValueError(f"shard {index}: expected {len(ids)} x {dim} vectors, got {vectors.shape}")
+    table = pa.table({"id": pa.array(ids, pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)})
+    with staged_file(Path(directory) / shard_name(index)) as temporary:
+        pq.write_table(table, temporary)
+    return len(ids)
 
 
 @dataclass

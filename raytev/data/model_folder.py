@@ -314,10 +314,16 @@ class ResolvedModel:
 
     def hidden_size(self) -> int:
         """The embedding size, read from the model's configuration (not its weights)."""
-        from transformers import AutoConfig
-
         subfolder = "query_model" if self.settings.untied and \
             find_model_file(self.path, "query_model/config.json", self.cache_dir) else ""
+        # Most configs name it in config.json: reading it there spares a driver that only plans (encode) the
+        # seconds of importing transformers and torch; others (DistilBERT's `dim`, ...) need transformers' mapping.
+        stated = (read_model_json(self.path, f"{subfolder}/config.json" if subfolder else "config.json",
+                                  self.cache_dir) or {}).get("hidden_size")
+        if isinstance(stated, int):
+            return stated
+        from transformers import AutoConfig
+
         try:
             config = AutoConfig.from_pretrained(self.path, subfolder=subfolder, cache_dir=self.cache_dir)
         except (OSError, ValueError) as error:

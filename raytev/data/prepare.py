@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,15 @@ from raytev import __version__
 from raytev.config.sections import DataSection
 from raytev.config.stages import PrepareConfig, ValidateConfig
 from raytev.data.arrow_rows import read_arrow_rows
-from raytev.data.cache import CacheTransaction, TokenTable, default_cache_dir, file_fingerprint, fingerprint
+from raytev.data.cache import (
+    FILE_HASHES,
+    CacheTransaction,
+    FileHashes,
+    TokenTable,
+    default_cache_dir,
+    file_fingerprint,
+    fingerprint,
+)
 from raytev.data.model_folder import ResolvedModel, resolve_model
 from raytev.data.reading import NegativesConfig, count_list_items, read_source
 from raytev.data.sources import DataSource, resolve_source
@@ -98,27 +107,30 @@ def prepare_data(data: DataSection, model: ResolvedModel) -> PreparedData:
     """Validate and tokenize a source into the token cache, reusing tables whose inputs are unchanged."""
     started = time.perf_counter()
     source = resolve_source(data, hub_cache_dir=data.dataset_cache_dir)
-    keys = table_fingerprints(source, data, model, tokenizer_fingerprint(model.tokenizer_dir))
     cache_dir = Path(data.dataset_cache_dir).expanduser() if data.dataset_cache_dir else default_cache_dir()
+    file_hashes = FileHashes(cache_dir / FILE_HASHES, rehash=data.rehash_inputs)
+    keys = table_fingerprints(source, data, model, tokenizer_fingerprint(model.tokenizer_dir), file_hashes)
     cached = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
     missing = [kind for kind, table in cached.items() if table is None]
     if missing:
         build_tables(source, data, model, cache_dir, keys, cached, missing)
+    file_hashes.save()  # only once the tables are in place: a failed run leaves the cache folder as it was
     tables = {kind: TokenTable.open(cache_dir / f"{kind}-{key}") for kind, key in keys.items()}
     return PreparedData(source, tables.get("corpus"), tables.get("queries"), model.tokenizer_dir,
                         reused={kind: kind not in missing for kind in keys},
                         seconds=time.perf_counter() - started)
 
 
-def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedModel,
-                       tokenizer_key: str) -> dict[str, str]:
-    """The cache key of each table the source becomes: its inputs' content plus every setting that shapes it
-    (the prompts and lengths the model resolved to among them)."""
+def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedModel, tokenizer_key: str,
+                       file_hash: Callable[[Path], str] = file_fingerprint) -> dict[str, str]:
+    """The cache key of each table the source becomes: its inputs' content (files hashed by `file_hash`) plus every
+    setting that shapes it (the prompts and lengths the model resolved to among them)."""
     passage_settings = {"tokenizer": tokenizer_key, "max_len": model.passage_max_len, "prefix": model.passage_prefix,
                         "separator": data.title_separator, "append_eos": model.append_eos_token}
     keys = {}
     if source.corpus is not None:
-        keys["corpus"] = fingerprint(kind="corpus", content=source.corpus.content_fingerprint(), **passage_settings)
+        keys["corpus"] = fingerprint(kind="corpus", content=source.corpus.content_fingerprint(file_hash),
+                                       **passage_settings)
     if source.queries is not None:
         query_settings = {"tokenizer": tokenizer_key, "max_len": model.query_max_len, "prefix": model.query_prefix,
                           "append_eos": model.append_eos_token}
@@ -129,10 +141,10 @@ def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedMod
         negatives = None
         if source.qrels is not None:
             negatives = {"count": data.num_negatives, "seed": data.seed,
-                         "run": file_fingerprint(data.negatives_run) if data.negatives_run else None}
+                         "run": file_hash(data.negatives_run) if data.negatives_run else None}
         keys["queries"] = fingerprint(
-            kind="queries", content=source.queries.content_fingerprint(),
-            qrels=file_fingerprint(source.qrels) if source.qrels else None,
+            kind="queries", content=source.queries.content_fingerprint(file_hash),
+            qrels=file_hash(source.qrels) if source.qrels else None,
             separator=data.title_separator, passages=passages, negatives=negatives, **query_settings,
         )
     return keys
@@ -165,12 +177,9 @@ def build_tables(source: DataSource, data: DataSection, model: ResolvedModel, ca
             corpus_table = TokenTable(hidden, manifest)
         if queries_text is not None:
             query_tokenizer = TextTokenizer.for_queries(model, tokenizer)
-            corpus_tokens = None
-            if queries_text.passages_from == "corpus":
-                corpus_tokens = corpus_table.read(["input_ids"]).column("input_ids")
             hidden = transaction.new_table("queries", keys["queries"])
             result = write_queries_table(queries_text, query_tokenizer, hidden, data.num_proc,
-                                         passage_tokenizer=passage_tokenizer, corpus_tokens=corpus_tokens)
+                                         passage_tokenizer=passage_tokenizer, corpus_table=corpus_table)
             manifest = {"kind": "queries", "fingerprint": keys["queries"], "source": source.queries.label,
                         "groups": queries_text.has_groups, "passages_from": queries_text.passages_from,
                         "corpus": keys.get("corpus") if queries_text.passages_from == "corpus" else None,

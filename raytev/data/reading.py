@@ -10,14 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows
+from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows, rewrite_arrow_batches
 from raytev.data.formats import Passage, parse_corpus_record, parse_query_record, parse_training_group, passage_text
 from raytev.data.qrels import read_qrels
 from raytev.data.runs import read_run
 from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, RecordFiles
 from raytev.errors import ProblemLog
-from raytev.staging import staged_file
 
 CORPUS_TEXT_SCHEMA = pa.schema([("docid", pa.string()), ("text", pa.string()), ("line", pa.int64())])
 QUERY_TEXT_FIELDS = [("query_id", pa.string()), ("text", pa.string()), ("answers", pa.list_(pa.string())),
@@ -46,6 +45,26 @@ class QueriesText:
     has_groups: bool
     passages_from: str | None = None  # "corpus" (rows of the corpus table) or "inline" (rows of inline_file)
     inline_file: Path | None = None
+
+
+class CorpusDocids:
+    """The corpus's docids in row order, and docid -> row lookups by binary search in a sorted copy: a few bytes
+    per passage in Arrow arrays, where a Python dict would take a hundred."""
+
+    def __init__(self, docids: pa.Array | pa.ChunkedArray):
+        # One array: take() on a chunked one copies all of it on every call.
+        self.docids = docids.combine_chunks() if isinstance(docids, pa.ChunkedArray) else docids
+        self._order = pc.sort_indices(self.docids)  # stable: of equal docids, the first row comes first
+        self._sorted = self.docids.take(self._order)
+
+    def rows(self, docids: pa.Array) -> pa.Array:
+        """Each docid's corpus row (int64; the first row if it appears twice), null where the corpus lacks it."""
+        if not len(self.docids) or not len(docids):
+            return pa.nulls(len(docids), pa.int64())
+        docids = docids.cast(self.docids.type)
+        found_at = pc.min_element_wise(pc.search_sorted(self._sorted, docids), len(self.docids) - 1)
+        known = pc.equal(self._sorted.take(found_at), docids)
+        return pc.if_else(known, self._order.take(found_at).cast(pa.int64()), pa.scalar(None, pa.int64()))
 
 
 def progress(records, label: str, unit: str):
@@ -90,7 +109,7 @@ def read_queries(records: RecordFiles, work_dir: Path, problems: ProblemLog) -> 
 
 
 def read_groups(records: RecordFiles, work_dir: Path, separator: str, problems: ProblemLog,
-                corpus_docids: pa.ChunkedArray | None) -> QueriesText:
+                corpus: CorpusDocids | None) -> QueriesText:
     """Validate Tevatron training groups; inline passages go to their own table, docids resolve to corpus rows."""
     path, inline_path = work_dir / "queries-text.arrow", work_dir / "inline-passages-text.arrow"
     form: str | None = None  # "inline" or "corpus", fixed by the first valid group
@@ -114,45 +133,51 @@ def read_groups(records: RecordFiles, work_dir: Path, separator: str, problems: 
                     for passage in passages:
                         inline.append(docid=passage.docid, text=passage_text(passage, separator))
                 else:
-                    rows[name] = []  # resolved against the corpus below, in one vectorized pass
+                    rows[name] = []  # resolved against the corpus below, a batch of groups at a time
             writer.append(query_id=group.query.query_id, text=group.query.text, answers=group.query.answers,
                           line=line,
                           positive_docids=[p.docid if isinstance(p, Passage) else p for p in group.positives],
                           negative_docids=[p.docid if isinstance(p, Passage) else p for p in group.negatives],
                           positive_rows=rows["positive"], negative_rows=rows["negative"])
     if form == "corpus":
-        if corpus_docids is None:
+        if corpus is None:
             problems.add(records.label, None, "the groups name passages by docid (positive_document_ids) but "
                          "no corpus was given: pass --corpus_path with the corpus JSONL/TSV")
         else:
-            resolve_group_rows(path, corpus_docids, records.label, problems)
+            resolve_group_rows(path, corpus, records.label, problems)
     return QueriesText(path, has_groups=True, passages_from=form or "inline",
                        inline_file=inline_path if form != "corpus" else None)
 
 
-def resolve_group_rows(path: Path, corpus_docids: pa.ChunkedArray, label: str, problems: ProblemLog) -> None:
-    """Fill positive_rows / negative_rows from the docid lists; unknown docids are problems (file and line)."""
-    table = read_arrow_rows(path)
-    for name in ("positive", "negative"):
-        docids = table.column(f"{name}_docids").combine_chunks()
-        flat = docids.flatten()
-        rows = pc.index_in(flat, value_set=corpus_docids)
-        unknown = np.flatnonzero(rows.is_null().to_numpy(zero_copy_only=False))
-        groups = docids.value_parent_indices().to_numpy()
-        for position in unknown[:10]:
-            problems.add(label, table.column("line")[int(groups[position])].as_py(),
-                         f"docid '{flat[position].as_py()}' is not in the corpus", field=f"{name}_document_ids")
-        column = pa.ListArray.from_arrays(docids.offsets, rows.cast(pa.int64()))
-        table = table.set_column(table.schema.get_field_index(f"{name}_rows"), f"{name}_rows", column)
-    if not problems:
-        write_arrow_table(path, table)
+def resolve_group_rows(path: Path, corpus: CorpusDocids, label: str, problems: ProblemLog) -> None:
+    """Fill positive_rows / negative_rows from the docid lists, a batch of groups at a time; unknown docids are
+    problems (file and line), the first ten of each list."""
+    reported = {"positive": 0, "negative": 0}
+
+    def resolved(batch: pa.RecordBatch) -> pa.RecordBatch:
+        for name in ("positive", "negative"):
+            docids = batch.column(f"{name}_docids")
+            flat = docids.flatten()
+            rows = corpus.rows(flat)
+            unknown = np.flatnonzero(rows.is_null().to_numpy(zero_copy_only=False))[:10 - reported[name]]
+            groups = docids.value_parent_indices().to_numpy()
+            for position in unknown:
+                problems.add(label, batch.column("line")[int(groups[position])].as_py(),
+                             f"docid '{flat[position].as_py()}' is not in the corpus", field=f"{name}_document_ids")
+            reported[name] += len(unknown)
+            offsets = pc.subtract(docids.offsets, docids.offsets[0])
+            batch = batch.set_column(batch.schema.get_field_index(f"{name}_rows"), f"{name}_rows",
+                                     pa.ListArray.from_arrays(offsets, rows))
+        return batch
+
+    rewrite_arrow_batches(path, resolved)
 
 
-def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus_docids: pa.ChunkedArray, work_dir: Path,
+def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus: CorpusDocids, work_dir: Path,
                      negatives: NegativesConfig, problems: ProblemLog) -> QueriesText:
     """Training groups from a BEIR split: its queries, positives from qrels, negatives from a run or random."""
     judgements = read_qrels(qrels_path, problems)
-    known = report_unknown_docids(judgements, corpus_docids, str(qrels_path), "corpus-id", problems)
+    known = report_unknown_docids(judgements, corpus, str(qrels_path), "corpus-id", problems)
     positives: dict[str, list[str]] = {}
     for judgement, is_known in zip(judgements, known):
         if is_known and judgement.relevance > 0:
@@ -173,7 +198,7 @@ def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus_docids: pa.C
                 negative_docids = [entry.docid for entry in run.get(query.query_id, [])
                                    if entry.docid not in excluded][:negatives.count]
             else:
-                negative_docids = random_negative_docids(query.query_id, positive_docids, corpus_docids, negatives)
+                negative_docids = random_negative_docids(query.query_id, positive_docids, corpus.docids, negatives)
             writer.append(query_id=query.query_id, text=query.text, answers=query.answers, line=line,
                           positive_docids=positive_docids, negative_docids=negative_docids,
                           positive_rows=[], negative_rows=[])
@@ -183,14 +208,14 @@ def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus_docids: pa.C
                          f"{queries.label}", field="query-id")
             positives.pop(judgement.query_id)  # one problem per unknown query
     if run is not None:
-        report_unknown_docids([entry for ranked in run.values() for entry in ranked], corpus_docids,
+        report_unknown_docids([entry for ranked in run.values() for entry in ranked], corpus,
                               negatives.run_file, "docid", problems)
     if not problems:
-        resolve_group_rows(path, corpus_docids, queries.label, problems)
+        resolve_group_rows(path, corpus, queries.label, problems)
     return QueriesText(path, has_groups=True, passages_from="corpus")
 
 
-def random_negative_docids(query_id: str, positive_docids: list[str], corpus_docids: pa.ChunkedArray,
+def random_negative_docids(query_id: str, positive_docids: list[str], corpus_docids: pa.Array,
                            negatives: NegativesConfig) -> list[str]:
     """`count` distinct random corpus docids that are not positives, seeded by (seed, query id)."""
     rng = np.random.default_rng(stable_seed(negatives.seed, "random-negatives", query_id))
@@ -200,10 +225,10 @@ def random_negative_docids(query_id: str, positive_docids: list[str], corpus_doc
     return [docid for docid in drawn if docid not in excluded][:negatives.count]
 
 
-def report_unknown_docids(entries: list, corpus_docids: pa.ChunkedArray, source: str, field: str,
+def report_unknown_docids(entries: list, corpus: CorpusDocids, source: str, field: str,
                           problems: ProblemLog) -> list[bool]:
     """Log every entry (with `.line` and `.docid`) whose docid the corpus lacks; return which are known."""
-    known = pc.is_in(pa.array([entry.docid for entry in entries], pa.string()), value_set=corpus_docids).to_pylist()
+    known = corpus.rows(pa.array([entry.docid for entry in entries], pa.string())).is_valid().to_pylist()
     for entry, is_known in zip(entries, known):
         if not is_known:
             problems.add(source, entry.line, f"docid '{entry.docid}' is not in the corpus", field=field)
@@ -226,13 +251,6 @@ def count_list_items(column: pa.ChunkedArray) -> int:
     return pc.sum(pc.list_value_length(column)).as_py() or 0
 
 
-def write_arrow_table(path: Path, table: pa.Table) -> None:
-    """Rewrite an Arrow stream file with new contents (via a temporary name)."""
-    with staged_file(path) as temporary, pa.OSFile(str(temporary), "wb") as sink, \
-            pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
 def read_source(source: DataSource, work_dir: Path, separator: str, negatives: NegativesConfig,
                 problems: ProblemLog, corpus_docids: pa.ChunkedArray | None = None, include_queries: bool = True
                 ) -> tuple[Path | None, QueriesText | None]:
@@ -247,10 +265,11 @@ def read_source(source: DataSource, work_dir: Path, separator: str, negatives: N
         corpus_docids = read_arrow_rows(corpus_file).column("docid")
     queries = None
     if source.queries is not None and include_queries:
+        corpus = CorpusDocids(corpus_docids) if corpus_docids is not None and source.has_groups else None
         if source.qrels is not None:
-            queries = read_beir_groups(source.queries, source.qrels, corpus_docids, work_dir, negatives, problems)
+            queries = read_beir_groups(source.queries, source.qrels, corpus, work_dir, negatives, problems)
         elif source.queries.kind == "groups":
-            queries = read_groups(source.queries, work_dir, separator, problems, corpus_docids)
+            queries = read_groups(source.queries, work_dir, separator, problems, corpus)
         else:
             queries = read_queries(source.queries, work_dir, problems)
     problems.raise_if_any()

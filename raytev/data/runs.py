@@ -123,9 +123,10 @@ def _parse_lines(text: pa.Array, first_line: int, source: str, problems: Problem
     counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
     blank = pc.equal(pc.utf8_trim_whitespace(text), "").to_numpy(zero_copy_only=False)
     lines = np.arange(first_line, first_line + len(text), dtype=np.int64)
+    found = ProblemLog(limit=len(text) + 1)  # this block's problems, reported in line order below
     for index in np.nonzero(~blank & (counts != 3) & (counts != 6))[0]:
-        problems.add(source, int(lines[index]), f"expected 3 columns (qid docid score) or 6 (TREC: qid Q0 docid rank "
-                                                f"score tag), got {counts[index]}")
+        found.add(source, int(lines[index]), f"expected 3 columns (qid docid score) or 6 (TREC: qid Q0 docid rank "
+                                             f"score tag), got {counts[index]}")
     keep = ~blank & ((counts == 3) | (counts == 6))
     fields, trec, lines = pc.filter(fields, pa.array(keep)), counts[keep] == 6, lines[keep]
     # Field i of each line, taken from the flattened fields (list_element would need every line to have it).
@@ -137,9 +138,11 @@ def _parse_lines(text: pa.Array, first_line: int, source: str, problems: Problem
     try:
         scores = pc.cast(score_texts, pa.float64())
     except pa.ArrowInvalid:
-        scores, good = _parse_scores(score_texts, lines, source, problems)
+        scores, good = _parse_scores(score_texts, lines, source, found)
         query_ids, docids, lines = pc.filter(query_ids, good), pc.filter(docids, good), lines[good.to_numpy(
             zero_copy_only=False)]
+    for problem in sorted(found.problems, key=lambda problem: problem.line):
+        problems.add(problem.source, problem.line, problem.message, problem.field)
     return pa.table([query_ids, docids, scores, pa.array(lines, pa.int64())], schema=RUN_SCHEMA)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -120,15 +120,16 @@ class RecordFiles:
                 continue
             yield str(path), line, dict(zip(columns, fields))
 
-    def content_fingerprint(self) -> str:
-        """A hash of the records' content (file bytes, or the hub dataset's own fingerprint)."""
+    def content_fingerprint(self, file_hash: Callable[[Path], str] = file_fingerprint) -> str:
+        """A hash of the records' content (file bytes as `file_hash` gives them, or the hub dataset's own
+        fingerprint)."""
         if self.hub:
             from raytev.compat import dataset_fingerprint
 
             return dataset_fingerprint(self.hub.load(self.hub_cache_dir))
         digest = hashlib.sha256()
         for path in self.paths:
-            digest.update(file_fingerprint(path).encode())
+            digest.update(file_hash(path).encode())
         return digest.hexdigest()
 
 

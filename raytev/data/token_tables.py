@@ -1,24 +1,30 @@
-"""Turn validated text tables into the cache's token tables (Parquet, `list<int32>` token columns)."""
+"""Turn validated text tables into the cache's token tables (Parquet, `list<int32>` token columns), streaming: memory
+holds a chunk of rows at a time, whatever the size of the corpus."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raytev.data.arrow_rows import read_arrow_rows
-from raytev.data.cache import ParquetShardWriter
+from raytev.data.arrow_rows import iter_arrow_batches, iter_arrow_chunks
+from raytev.data.cache import ParquetShardWriter, TokenTable
+from raytev.data.group_tokens import join_group_tokens
 from raytev.data.reading import QueriesText, count_list_items
-from raytev.data.tokenize import TextTokenizer, tokenize_arrow_texts
+from raytev.data.tokenize import TOKENS, TextTokenizer, tokenize_arrow_texts
 
-TOKENS = pa.list_(pa.int32())
 # `row` numbers rows across shards, so readers can select row ranges (with Parquet filter pushdown).
 CORPUS_SCHEMA = pa.schema([("row", pa.int64()), ("docid", pa.string()), ("input_ids", TOKENS)])
 # Group rows carry their candidates' tokens, so training streams rows with no lookups on the workers.
 GROUP_COLUMNS = [("positive_docids", pa.list_(pa.string())), ("negative_docids", pa.list_(pa.string())),
                  ("positive_input_ids", pa.list_(TOKENS)), ("negative_input_ids", pa.list_(TOKENS))]
 GROUPS_PER_CHUNK = 1024
+CORPUS_ROWS_PER_CHUNK = 8192
+PASSAGE_BATCH_ROWS = 4096  # corpus passages read at a time when joining them to groups
 
 
 def queries_schema(has_groups: bool) -> pa.Schema:
@@ -27,72 +33,68 @@ def queries_schema(has_groups: bool) -> pa.Schema:
     return pa.schema(fields + (GROUP_COLUMNS if has_groups else []))
 
 
-def token_stats(tokens: pa.ChunkedArray, max_len: int) -> dict:
-    """Mean length and how many sequences were cut at the maximum length."""
-    lengths = pc.list_value_length(tokens)
-    return {"mean_tokens": round(pc.mean(lengths).as_py() or 0.0, 1),
-            "truncated": pc.sum(pc.greater_equal(lengths, max_len)).as_py() or 0}
-
-
 def write_corpus_table(text_file: Path, tokenizer: TextTokenizer, table_dir: Path,
                        num_proc: int | None) -> dict:
     """Tokenize a corpus text table into Parquet shards under `table_dir`; returns row count and stats."""
-    tokens = tokenize_arrow_texts(text_file, tokenizer, work_dir(table_dir), "passages", num_proc)
-    docids = read_arrow_rows(text_file).column("docid")
+    tokens_file = work_dir(table_dir) / "passages-tokens.arrow"
+    stats = tokenize_arrow_texts(text_file, tokenizer, tokens_file, "passages", num_proc)
     writer = ParquetShardWriter(table_dir, CORPUS_SCHEMA)
-    writer.write(pa.table({"row": pa.array(range(len(docids)), pa.int64()), "docid": docids, "input_ids": tokens}))
+    for docids, tokens in zip(iter_arrow_chunks(text_file, CORPUS_ROWS_PER_CHUNK, ["docid"]),
+                              iter_arrow_chunks(tokens_file, CORPUS_ROWS_PER_CHUNK), strict=True):
+        writer.write(pa.table({"row": row_numbers(writer.rows, docids.num_rows), "docid": docids.column("docid"),
+                               "input_ids": tokens.column("input_ids")}))
     writer.close()
-    return {"rows": writer.rows, "files": writer.files, **token_stats(tokens, tokenizer.max_len)}
+    return {"rows": writer.rows, "files": writer.files, **stats.as_dict()}
 
 
 def write_queries_table(queries: QueriesText, query_tokenizer: TextTokenizer, table_dir: Path,
                         num_proc: int | None, passage_tokenizer: TextTokenizer | None = None,
-                        corpus_tokens: pa.ChunkedArray | None = None) -> dict:
+                        corpus_table: TokenTable | None = None) -> dict:
     """Tokenize queries (and their groups' passages) into Parquet shards; returns row count and stats.
 
-    Group passages are rows of `corpus_tokens` or of the inline passages table, tokenized here.
+    Group passages are rows of `corpus_table` or of the inline passages table, tokenized here; they join the
+    groups on disk (raytev.data.group_tokens), chunk by chunk.
     """
-    texts = read_arrow_rows(queries.queries_file)
-    query_tokens = tokenize_arrow_texts(queries.queries_file, query_tokenizer, work_dir(table_dir), "queries",
-                                        num_proc)
-    writer = ParquetShardWriter(table_dir, queries_schema(queries.has_groups), row_group_rows=GROUPS_PER_CHUNK)
-    stats = {"query_" + key: value for key, value in token_stats(query_tokens, query_tokenizer.max_len).items()}
-    if not queries.has_groups:
-        writer.write(pa.table({"row": pa.array(range(texts.num_rows), pa.int64()),
-                               "query_id": texts.column("query_id"), "input_ids": query_tokens,
-                               "answers": texts.column("answers")}))
-    else:
-        passage_tokens = corpus_tokens
+    work = work_dir(table_dir)
+    tokens_file = work / "queries-tokens.arrow"
+    stats = tokenize_arrow_texts(queries.queries_file, query_tokenizer, tokens_file, "queries",
+                                 num_proc).as_dict("query_")
+    groups_per_chunk = GROUPS_PER_CHUNK
+    candidates: Iterator = repeat(None)  # per chunk: (positive_input_ids, negative_input_ids) of its groups
+    if queries.has_groups:
         if queries.passages_from == "inline":
-            passage_tokens = tokenize_arrow_texts(queries.inline_file, passage_tokenizer, work_dir(table_dir),
-                                                  "group passages", num_proc)
-            stats.update({"passage_" + key: value
-                          for key, value in token_stats(passage_tokens, passage_tokenizer.max_len).items()})
-        for start in range(0, texts.num_rows, GROUPS_PER_CHUNK):
-            chunk = texts.slice(start, GROUPS_PER_CHUNK)
-            writer.write(pa.table({
-                "row": pa.array(range(start, start + chunk.num_rows), pa.int64()),
-                "query_id": chunk.column("query_id"),
-                "input_ids": query_tokens.slice(start, GROUPS_PER_CHUNK),
-                "answers": chunk.column("answers"),
-                "positive_docids": chunk.column("positive_docids"),
-                "negative_docids": chunk.column("negative_docids"),
-                "positive_input_ids": gather_token_lists(chunk.column("positive_rows"), passage_tokens),
-                "negative_input_ids": gather_token_lists(chunk.column("negative_rows"), passage_tokens),
-            }))
-        stats["positives"] = count_list_items(texts.column("positive_rows"))
-        stats["negatives"] = count_list_items(texts.column("negative_rows"))
-        stats["min_negatives"] = pc.min(pc.list_value_length(texts.column("negative_rows"))).as_py() or 0
+            passages_file = work / "group-passages-tokens.arrow"
+            stats.update(tokenize_arrow_texts(queries.inline_file, passage_tokenizer, passages_file,
+                                              "group passages", num_proc).as_dict("passage_"))
+            passages = (batch.column("input_ids") for batch in iter_arrow_batches(passages_file))
+        else:
+            passages = corpus_table.iter_column("input_ids", PASSAGE_BATCH_ROWS)
+        candidates = join_group_tokens(queries.queries_file, passages, passage_tokenizer.max_len, work,
+                                       groups_per_chunk)
+    counts = {"positives": 0, "negatives": 0}
+    fewest_negatives: list[int] = []
+    writer = ParquetShardWriter(table_dir, queries_schema(queries.has_groups), row_group_rows=groups_per_chunk)
+    for texts, tokens, token_lists in zip(iter_arrow_chunks(queries.queries_file, groups_per_chunk),
+                                          iter_arrow_chunks(tokens_file, groups_per_chunk), candidates):
+        columns = {"row": row_numbers(writer.rows, texts.num_rows), "query_id": texts.column("query_id"),
+                   "input_ids": tokens.column("input_ids"), "answers": texts.column("answers")}
+        if token_lists is not None:
+            columns.update({"positive_docids": texts.column("positive_docids"),
+                            "negative_docids": texts.column("negative_docids"),
+                            "positive_input_ids": token_lists[0], "negative_input_ids": token_lists[1]})
+            counts["positives"] += count_list_items(texts.column("positive_rows"))
+            counts["negatives"] += count_list_items(texts.column("negative_rows"))
+            fewest_negatives.append(pc.min(pc.list_value_length(texts.column("negative_rows"))).as_py())
+        writer.write(pa.table(columns))
     writer.close()
+    if queries.has_groups:
+        stats.update(counts, min_negatives=min(fewest_negatives, default=0))
     return {"rows": writer.rows, "files": writer.files, **stats}
 
 
-def gather_token_lists(rows: pa.ChunkedArray, tokens: pa.ChunkedArray) -> pa.ListArray:
-    """For each group's list of passage rows, the list of those passages' token lists."""
-    rows = rows.combine_chunks()
-    offsets = pc.subtract(rows.offsets, rows.offsets[0])  # a slice's offsets do not start at 0
-    taken = tokens.take(rows.flatten()).combine_chunks() if len(rows.flatten()) else pa.array([], TOKENS)
-    return pa.ListArray.from_arrays(offsets, taken)
+def row_numbers(first: int, count: int) -> pa.Array:
+    """The `row` column of `count` rows that follow `first` rows already written."""
+    return pa.array(np.arange(first, first + count, dtype=np.int64))
 
 
 def work_dir(table_dir: Path) -> Path:

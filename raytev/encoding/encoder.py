@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from raytev.config.stages import EncodeConfig
 from raytev.data.cache import TokenTable
@@ -17,8 +15,11 @@ from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
 from raytev.progress import progress_bar
 
-# Rows an actor receives per call; it sorts them by length and cuts them into per_device_eval_batch_size batches.
-ROWS_PER_ACTOR_CALL = 1024
+# Shards are the unit actors take as well as the unit a rerun resumes from: an input smaller than PARALLEL_SHARDS full
+# shards is cut into PARALLEL_SHARDS shards (of at least MIN_SHARD_ROWS rows), so that that many actors share it.
+# The cut depends on the input alone, never on the actors, so a rerun with other actors resumes the same shards.
+PARALLEL_SHARDS = 64
+MIN_SHARD_ROWS = 1024
 
 
 @dataclass
@@ -46,9 +47,11 @@ class EncodeResult:
 
 
 def shard_ranges(rows: int, shard_index: int, number_of_shards: int, rows_per_shard: int) -> list[tuple[int, int]]:
-    """The row ranges of this job's output shards: its contiguous part of the input, cut every rows_per_shard."""
+    """The row ranges of this job's output shards: its contiguous part of the input cut every rows_per_shard rows,
+    or shorter (down to MIN_SHARD_ROWS) where that gives fewer than PARALLEL_SHARDS shards."""
     low, high = rows * shard_index // number_of_shards, rows * (shard_index + 1) // number_of_shards
-    return [(start, min(start + rows_per_shard, high)) for start in range(low, high, rows_per_shard)]
+    size = min(rows_per_shard, max(MIN_SHARD_ROWS, -(-(high - low) // PARALLEL_SHARDS)))
+    return [(start, min(start + size, high)) for start in range(low, high, size)]
 
 
 def encode(config: EncodeConfig, model: ResolvedModel | None = None) -> EncodeResult:
@@ -89,89 +92,68 @@ def encode(config: EncodeConfig, model: ResolvedModel | None = None) -> EncodeRe
 
 def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
                    model: ResolvedModel, config: EncodeConfig, is_query: bool) -> int:
-    """Encode the rows of the unfinished shards on an actor pool; write each shard as soon as it is complete."""
+    """Encode the unfinished shards on an actor pool, each actor writing the shards it encodes; record them here."""
     import ray
-    from ray.data.expressions import col
 
     from raytev.cluster import connect, node_cpus
-    from raytev.encoding.batch_encoder import BatchEncoder
+    from raytev.encoding.shard_encoder import ShardEncoder
 
     actors, cluster = config.actors, config.cluster
     connect(cluster.address, cluster.verbose)
-    id_column = "query_id" if is_query else "docid"
-    wanted = None
-    for low, high in todo.values():
-        clause = (col("row") >= low) & (col("row") < high)
-        wanted = clause if wanted is None else wanted | clause
-    dataset = ray.data.read_parquet(table.files, columns=["row", id_column, "input_ids"]).filter(expr=wanted)
-    # Small inputs arrive as one block, which one actor would take alone: cut it so every actor gets work.
-    total = sum(high - low for low, high in todo.values())
-    dataset = dataset.repartition(max(actors.num_actors * 4, math.ceil(total / ROWS_PER_ACTOR_CALL)))
+    # One block per shard, one shard per call: actors take shards as they free up, and nothing but
+    # (index, rows) comes back to this process.
+    shards = ray.data.from_items([{"index": index, "low": low, "high": high} for index, (low, high) in todo.items()],
+                                 override_num_blocks=len(todo))
+    pool_size = min(actors.num_actors, len(todo))  # an actor without a shard would only load the model
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
     if cluster.use_tpu:
         resources = {"resources": {"TPU": cluster.tpu_chips_per_worker}}
-    dataset = dataset.map_batches(
-        BatchEncoder,
-        fn_constructor_kwargs=dict(
-            model=model, is_query=is_query, id_column=id_column,
-            batch_size=config.inference.per_device_eval_batch_size,
-            pad_token_id=table.manifest["settings"]["pad_token_id"], device="cuda" if cluster.use_gpu else "cpu",
-            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // actors.num_actors),
-            backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices),
-        compute=ray.data.ActorPoolStrategy(size=actors.num_actors),
-        batch_size=ROWS_PER_ACTOR_CALL, batch_format="numpy", **resources)
-    # In input order, shards complete one after another and only one is buffered at a time.
-    dataset.context.execution_options.preserve_order = True
-    dataset.context.enable_progress_bars = False  # the encoding bar below says the same, once
-
-    buffers: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {index: [] for index in todo}
-    filled = dict.fromkeys(todo, 0)
-    starts = sorted((low, index) for index, (low, _) in todo.items())
-    with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            rows = batch["row"]
-            owners = np.asarray([starts[i][1] for i in np.searchsorted([s for s, _ in starts], rows, "right") - 1])
-            for index in np.unique(owners):
-                mask = owners == index
-                buffers[index].append((rows[mask], batch["id"][mask], np.asarray(batch["embedding"])[mask]))
-                filled[index] += int(mask.sum())
-                low, high = todo[index]
-                if filled[index] == high - low:
-                    write_buffered_shard(writer, index, buffers.pop(index))
-            bar.update(len(rows))
-    unfinished = sorted(buffers)
-    if unfinished:
-        raise RuntimeError(f"encoding ended with shards {unfinished} incomplete")
-    return total
+    written = shards.map_batches(
+        ShardEncoder,
+        fn_constructor_kwargs=shard_encoder_options(
+            table, writer, model, config, is_query, device="cuda" if cluster.use_gpu else "cpu",
+            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // pool_size)),
+        # One shard queued per actor: a shard takes seconds or minutes, so a free actor takes the next one
+        # instead of it waiting behind another actor's queue.
+        compute=ray.data.ActorPoolStrategy(size=pool_size, max_tasks_in_flight_per_actor=1),
+        batch_size=1, batch_format="numpy", **resources)
+    written.context.enable_progress_bars = False  # the encoding bar below says the same, once
+    return record_shards(written.iter_rows(), todo, writer, is_query)
 
 
 def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
                    model: ResolvedModel, config: EncodeConfig, is_query: bool) -> int:
-    """--num_actors 0: encode the unfinished shards in this process, one shard at a time (no Ray; for debugging
+    """--num_actors 0: the actors' ShardEncoder in this process, one shard after another (no Ray; for debugging
     and inputs too small to be worth starting actors)."""
-    import pyarrow.compute as pc
+    from raytev.encoding.shard_encoder import ShardEncoder
 
-    from raytev.encoding.batch_encoder import BatchEncoder
+    encoder = ShardEncoder(**shard_encoder_options(table, writer, model, config, is_query,
+                                                   device="cuda" if config.cluster.use_gpu else "cpu"))
+    written = ({"index": index, "rows": encoder.encode_shard(index, low, high)}
+               for index, (low, high) in sorted(todo.items()))
+    return record_shards(written, todo, writer, is_query)
 
-    id_column = "query_id" if is_query else "docid"
-    encoder = BatchEncoder(model, is_query, id_column, config.inference.per_device_eval_batch_size,
-                           table.manifest["settings"]["pad_token_id"], "cuda" if config.cluster.use_gpu else "cpu",
-                           backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices)
-    rows = table.read(["row", id_column, "input_ids"])
+
+def shard_encoder_options(table: TokenTable, writer: EmbeddingsWriter, model: ResolvedModel, config: EncodeConfig,
+                          is_query: bool, device: str, torch_threads: int | None = None) -> dict:
+    """ShardEncoder's constructor arguments; paths absolute, as actors may run in another working directory."""
+    return dict(table_files=[str(Path(file).resolve()) for file in table.files],
+                output=str(writer.directory.resolve()), dim=writer.manifest.dim,
+                model=model, is_query=is_query, id_column="query_id" if is_query else "docid",
+                batch_size=config.inference.per_device_eval_batch_size,
+                pad_token_id=table.manifest["settings"]["pad_token_id"], device=device, torch_threads=torch_threads,
+                backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices)
+
+
+def record_shards(written: Iterable[dict], todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
+                  is_query: bool) -> int:
+    """Record each shard in the manifest as it is reported written (in any order); return the rows encoded."""
     total = sum(high - low for low, high in todo.values())
     with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:
-        for index, (low, high) in sorted(todo.items()):
-            part = rows.filter(pc.and_(pc.greater_equal(rows["row"], low), pc.less(rows["row"], high)))
-            encoded = encoder({name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names})
-            writer.write_shard(index, [str(docid) for docid in encoded["id"]], encoded["embedding"])
-            bar.update(part.num_rows)
+        for shard in written:  # (each shard's rows were checked against its range where it was read)
+            writer.record_shard(int(shard["index"]), int(shard["rows"]))
+            bar.update(int(shard["rows"]))
+    unfinished = sorted(set(todo) - writer.finished())
+    if unfinished:
+        raise RuntimeError(f"encoding ended with shards {unfinished} not written")
     return total
-
-
-def write_buffered_shard(writer: EmbeddingsWriter, index: int, parts: list) -> None:
-    """Write one shard from its buffered parts, in row order."""
-    rows = np.concatenate([part[0] for part in parts])
-    order = np.argsort(rows, kind="stable")
-    ids = np.concatenate([part[1] for part in parts])[order]
-    vectors = np.concatenate([part[2] for part in parts])[order]
-    writer.write_shard(index, [str(docid) for docid in ids], vectors)

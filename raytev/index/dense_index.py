@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +64,23 @@ class DenseIndex:
         if not isinstance(index, faiss.IndexFlat):
             return None
         return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+    def row_slice(self, low: int, high: int) -> DenseIndex:
+        """Rows [low, high) of a flat index as an index of their own: a view of the same pages when FAISS mapped the
+        file (load_index(mmap=True)), else a copy of those rows."""
+        vectors = self.flat_vectors()
+        if vectors is None:
+            raise RaytevError(f"a {self.info.spec} index cannot be cut by rows: only a flat index can.")
+        whole = faiss.downcast_index(self.faiss_index)
+        part = faiss.IndexFlat(whole.d, whole.metric_type)
+        rows = vectors[low:high]
+        if len(rows) and not getattr(whole.codes, "is_owned", True):  # mapped (faiss >= 1.11: MaybeOwnedVector)
+            # The view shares the mapping's owner, which keeps the file mapped as long as either index lives.
+            part.codes = faiss.MaybeOwnedVectorUInt8.create_view(faiss.swig_ptr(rows), rows.nbytes, whole.codes.owner)
+            part.ntotal = len(rows)
+        else:
+            part.add(rows)
+        return DenseIndex(part, self.ids.slice(low, len(rows)), replace(self.info, ntotal=part.ntotal))
 
     @functools.cached_property
     def max_norm(self) -> float:

@@ -1,9 +1,19 @@
-"""An index on disk: a folder of index.faiss, ids.parquet (ids in add order) and index.json, written all at once."""
+"""An index on disk: a folder of index.faiss, ids.parquet (ids in add order) and index.json, written all at once.
+
+Mapped, not read (load_index(mmap=True), what serving does): FAISS memory-maps the file, so an index costs no copy in
+the process and every process on a node that maps it shares its pages through the page cache.
+- IO_FLAG_MMAP_IFC (faiss >= 1.11) maps the codes of flat indexes (IndexFlatCodes) and HNSW. IO_FLAG_MMAP, the older
+  flag, maps only IVF lists: a flat index read with it is copied whole into memory.
+- IVF indexes keep IO_FLAG_MMAP (their lists become OnDiskInvertedLists over the file, on every faiss). IO_FLAG_MMAP_IFC
+  maps them too, but faiss 1.11-1.14 (faiss-gpu-cu12's newest is 1.14.1) first allocates every list in memory and
+  only then swaps in the mapped views: the whole index for a moment. 1.15 does it one list at a time.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -18,6 +28,7 @@ from raytev.staging import staged_directory
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 INFO_FILE = "index.json"
+MMAP_CODES = getattr(faiss, "IO_FLAG_MMAP_IFC", None)  # None before faiss 1.11
 
 
 def save_index(index: DenseIndex, folder: str | os.PathLike) -> Path:
@@ -35,7 +46,7 @@ def is_index_folder(path: str | os.PathLike) -> bool:
 
 
 def load_index(folder: str | os.PathLike, mmap: bool = False) -> DenseIndex:
-    """The index saved in `folder`; `mmap` maps the FAISS file instead of reading it (cheap for IVF indexes)."""
+    """The index saved in `folder`; `mmap` maps the FAISS file instead of reading it (no copy in memory)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RaytevError(f"no index at {folder}: give the folder `raytev index` (save_index) wrote.")
@@ -45,7 +56,7 @@ def load_index(folder: str | os.PathLike, mmap: bool = False) -> DenseIndex:
                           "again into this folder.")
     info = _read_info(folder / INFO_FILE)
     try:
-        index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_MMAP if mmap else 0)
+        index = faiss.read_index(str(folder / INDEX_FILE), read_flags(info.spec, folder) if mmap else 0)
     except RuntimeError as error:
         raise RaytevError(f"{folder / INDEX_FILE} is not a readable FAISS index ({str(error).strip()[-120:]}); "
                           "build the index again.") from None
@@ -54,6 +65,18 @@ def load_index(folder: str | os.PathLike, mmap: bool = False) -> DenseIndex:
         raise RaytevError(f"{folder}: {INDEX_FILE} holds {index.ntotal:,} vectors, {IDS_FILE} {len(ids):,} ids and "
                           f"{INFO_FILE} says {info.ntotal:,}; the files come from different builds: build again.")
     return DenseIndex(index, ids, info)
+
+
+def read_flags(spec: str, folder: Path) -> int:
+    """The FAISS read flag that maps an index of `spec` without copying it (see the module's docstring)."""
+    if "IVF" in spec or "IMI" in spec:  # index_factory names every inverted-file index with one of the two
+        return faiss.IO_FLAG_MMAP
+    if MMAP_CODES is None:
+        warnings.warn(f"faiss {faiss.__version__} cannot memory-map a {spec} index (IO_FLAG_MMAP_IFC came in faiss "
+                      f"1.11): {folder} is read into memory instead. Upgrade faiss-cpu or faiss-gpu-cu12.",
+                      stacklevel=3)
+        return faiss.IO_FLAG_MMAP
+    return MMAP_CODES
 
 
 def _read_info(path: Path) -> IndexInfo:

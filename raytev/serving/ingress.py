@@ -1,19 +1,15 @@
 """The ingress deployment: HTTP in, query encoder and index shards called, their top-k merged, JSON out, and the
-corpus whose titles and texts come back with the hits."""
+corpus whose titles and texts come back with the hits (a memory-mapped store: raytev/data/corpus_store.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import numpy as np
 from ray import serve
 
-from raytev.bundled import bundled_dataset_path
-from raytev.data.reading import read_passages
-from raytev.data.sources import RecordFiles, expand_paths, find_beir_layout
-from raytev.errors import ProblemLog, RaytevError
+from raytev.data.corpus_store import CorpusStore, corpus_store
 from raytev.serving.agreed_versions import AgreedVersions, SwapInProgress, choose_versions
 from raytev.serving.front import front_of_this_process
 from raytev.serving.http import make_api
@@ -25,31 +21,10 @@ ATTEMPTS = 4  # a request whose version was released meanwhile is answered again
 REFRESH_S = 0.2  # at most this often, the agreed versions follow replicas that report a newer current version
 
 
-def corpus_files(corpus: str) -> tuple[Path, ...]:
-    """The files of a corpus: a bundled dataset name, a BEIR folder, or JSONL/TSV files (a glob)."""
-    folder = bundled_dataset_path(corpus) or (Path(corpus).expanduser() if Path(corpus).expanduser().is_dir()
-                                               else None)
-    if folder is not None:
-        layout = find_beir_layout(folder)
-        if layout is None:
-            raise RaytevError(f"{folder} is a folder but not a BEIR one (corpus.jsonl[.gz], queries.jsonl, qrels/): "
-                              "give the corpus file itself.")
-        return (layout["corpus"],)
-    return expand_paths(corpus)
-
-
-def corpus_texts(corpus: str) -> dict[str, tuple[str, str]]:
-    """docid -> (title, text) of a corpus (see corpus_files for what it may name)."""
-    problems = ProblemLog()
-    passages = read_passages(RecordFiles("corpus", corpus_files(corpus)), problems)
-    problems.raise_if_any()
-    return {docid: (passage.title, passage.text) for docid, passage in passages.items()}
-
-
-def load_corpus(user_config: dict) -> tuple[str | None, dict[str, tuple[str, str]] | None]:
-    """(the corpus named, docid -> (title, text)); (None, None) when the service returns no texts."""
+def load_corpus(user_config: dict) -> tuple[str | None, CorpusStore | None]:
+    """(the corpus named, its store, memory-mapped); (None, None) when the service returns no texts."""
     corpus = user_config.get("corpus")
-    return (corpus, corpus_texts(corpus)) if corpus else (None, None)
+    return (corpus, corpus_store(corpus)) if corpus else (None, None)
 
 
 @serve.deployment(name="Ingress")
@@ -61,7 +36,7 @@ class Ingress:
         self.shards, self.encoder = shards, encoder
         self.limits, self.token_sha256 = Limits(**limits), token_sha256
         self.text_queries = encoder is not None
-        self.corpora: Swapper[tuple[str | None, dict | None]] = Swapper(load_corpus, "corpus")
+        self.corpora: Swapper[tuple[str | None, CorpusStore | None]] = Swapper(load_corpus, "corpus")
         self.agreed: AgreedVersions | None = None
         self._views: list[dict] = []
         self.checked_at = 0.0
@@ -137,17 +112,12 @@ class Ingress:
 
     def _hits(self, scores: np.ndarray, docids: np.ndarray) -> list[list[dict]]:
         corpus = self.corpora.versions.get()
-        passages = corpus[1][1] if corpus else None
-        results = []
-        for row_scores, row_docids in zip(scores.tolist(), docids.tolist()):
-            hits = []
-            for score, docid in zip(row_scores, row_docids):
-                if docid is None:
-                    break  # misses come last
-                hit = {"docid": docid, "score": score}
-                if passages is not None:
-                    title, text = passages.get(docid, (None, None))
-                    hit["title"], hit["text"] = title, text
-                hits.append(hit)
-            results.append(hits)
+        store = corpus[1][1] if corpus else None
+        results = [[{"docid": docid, "score": score} for score, docid in zip(row_scores, row_docids)
+                    if docid is not None]  # misses come last
+                   for row_scores, row_docids in zip(scores.tolist(), docids.tolist())]
+        if store is not None:
+            hits = [hit for row in results for hit in row]
+            for hit, (title, text) in zip(hits, store.passages([hit["docid"] for hit in hits])):
+                hit["title"], hit["text"] = title, text
         return results

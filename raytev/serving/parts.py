@@ -6,6 +6,10 @@ their order, so merging the shards' top-k (merge_shard_hits) gives exactly the r
 index (HNSW, IVF) is one graph or one set of lists and cannot be cut by rows: it is served whole by one
 shard, or as one folder per shard (built with `raytev index` from parts of the embeddings), whose merged
 ranking is that of `raytev search` over the same list of folders.
+
+A saved index is memory-mapped (load_index(mmap=True)), a flat shard being a view of its rows of the file: no copy
+in the replica, and its pages are shared through the page cache by every replica on the node. Embeddings are read
+into a flat index in the replica's memory (Parquet cannot be mapped as vectors): save an index to serve big ones.
 """
 
 from __future__ import annotations
@@ -72,18 +76,18 @@ def load_part(index: str, shard: int, num_shards: int) -> tuple[DenseIndex, tupl
 
 
 def _index_rows(folder: str, shard: int, num_shards: int) -> tuple[DenseIndex, tuple[int, int]]:
-    # mmap reads IVF lists lazily; a flat index costs its full size for a moment before the slice is copied.
+    # The file is mapped, not read, and a flat shard is a view of its rows there: the replica copies nothing, touches
+    # only its rows' pages, and replicas of a node share those pages through the page cache.
     whole = load_index(folder, mmap=True)
     if num_shards == 1:
         return whole, (0, whole.faiss_index.ntotal)
-    vectors = whole.flat_vectors()
-    if vectors is None:
+    if whole.flat_vectors() is None:
         raise RaytevError(
             f"{folder} is a {whole.info.spec} index, which cannot be cut into {num_shards} shards by rows (an ANN "
             "index is one graph or one set of lists). Serve it with --num_shards 1, or build one index per shard "
             "from parts of the embeddings and pass the folders comma-separated.")
-    low, high = row_range(len(vectors), shard, num_shards)
-    return _flat_part(vectors[low:high], whole.ids.slice(low, high - low), whole.info), (low, high)
+    low, high = row_range(whole.faiss_index.ntotal, shard, num_shards)
+    return whole.row_slice(low, high), (low, high)
 
 
 def _embedding_rows(location: str, shard: int, num_shards: int) -> tuple[DenseIndex, tuple[int, int]]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from raytev.compat import serve_controller
+from raytev.compat import serve_controller, serve_replica_actors
 from raytev.config.stages import ServeConfig
+from raytev.data.corpus_store import corpus_store
 from raytev.errors import RaytevError
+from raytev.machine import ProcessMemory, process_memory
 from raytev.serving.app import TOKEN_ENV, serve_config, token_sha256
 from raytev.serving.front import set_front_for_local_ray
 from raytev.serving.parts import check_index
@@ -25,9 +27,11 @@ class ServeResult:
     config: ServeConfig
     serve_config: dict  # the Serve config deployed (or to deploy)
     url: str | None  # where it answers; None when nothing was deployed
+    memory: dict[str, ProcessMemory | None] = field(default_factory=dict)  # by replica (see replica_memory)
 
     def summary(self) -> str:
-        """Where the service answers and a curl line to try; with --print_config, the Serve config YAML."""
+        """Where the service answers, a curl line to try and each replica's memory; with --print_config, the Serve
+        config YAML."""
         if self.url is None:
             import yaml
 
@@ -37,6 +41,12 @@ class ServeResult:
             '"vectors": [[0.1, ...]]'
         lines = [f"serving {self.config.index} at {self.url} (API docs: {self.url}/docs); Ctrl-C stops it",
                  f"  curl -s {self.url}/search{token} -H 'Content-Type: application/json' -d '{{{query}, \"k\": 5}}'"]
+        if self.memory:
+            lines.append("memory per replica (mapped files grow as requests touch the index and the corpus; their "
+                         "pages are the page cache's, shared by the replicas of a node):")
+            width = max(map(len, self.memory))
+            lines.extend(f"  {name:<{width}}  {memory.describe() if memory else 'not measurable here (no /proc)'}"
+                         for name, memory in self.memory.items())
         if self.config.host not in ("127.0.0.1", "localhost", "::1") and not token:
             lines.append(f"warning: listening on {self.config.host} without a token: anyone who can reach this port "
                          f"can query it (set --auth_token or ${TOKEN_ENV}).")
@@ -68,14 +78,14 @@ class ServeResult:
 
 
 def serve(config: ServeConfig) -> ServeResult:
-    """`raytev serve`: check the index and corpus, connect to Ray (or start it here), deploy the service."""
+    """`raytev serve`: check the index, build the corpus store, connect to Ray (or start it here), deploy the service,
+    and measure its replicas' memory."""
     if config.print_config:
         return ServeResult(config, serve_config(config), None)
-    from raytev.serving.ingress import corpus_files  # a deployment module: it imports Ray Serve
-
     check_index(config.index, config.num_shards)
     if config.corpus:
-        corpus_files(config.corpus)  # a missing corpus fails here, not after the replicas have started
+        # Built once here, into the cache folder, for the ingress to map; a bad corpus fails before any replica starts.
+        corpus_store(config.corpus)
     import ray
 
     from raytev.cluster import connect
@@ -86,7 +96,24 @@ def serve(config: ServeConfig) -> ServeResult:
     connect(config.cluster.address, config.cluster.verbose)
     deployed = serve_config(config)
     deploy(deployed)
-    return ServeResult(config, deployed, service_url(config))
+    return ServeResult(config, deployed, service_url(config), replica_memory(config))
+
+
+def replica_memory(config: ServeConfig) -> dict[str, ProcessMemory | None]:
+    """The memory of every replica of the application, by deployment name (numbered when it has several replicas)."""
+    import ray
+
+    calls = {}
+    for deployment, actors in serve_replica_actors(config.app_name).items():
+        for number, actor in enumerate(actors, start=1):
+            # __ray_call__ (a Ray DeveloperAPI) runs the function in the replica's own process, on whatever node.
+            calls[deployment if len(actors) == 1 else f"{deployment}/{number}"] = actor.__ray_call__.remote(
+                _memory_of_this_process)
+    return dict(zip(calls, ray.get(list(calls.values()), timeout=60)))
+
+
+def _memory_of_this_process(_actor) -> ProcessMemory | None:
+    return process_memory()
 
 
 def service_url(config: ServeConfig) -> str:

@@ -1,0 +1,166 @@
+"""The titles and texts a search service returns: a corpus's passages in one Arrow file sorted by docid, built once
+into raytev's cache and memory-mapped by every process that serves it.
+
+The file is Arrow IPC (Feather v2), uncompressed, so a reader maps it without a copy: a process holds no
+corpus-sized structure, only the pages of the passages it has looked up (with the rest of their page-cache folios,
+which can be a MiB on recent kernels), and processes on a node share those pages through the page cache. A docid is
+found by binary search, first over the batches' first docids, then inside one batch over its sorted docid column
+(UTF-8 bytes, the order Arrow sorts strings in).
+
+Built once per corpus (the name says which files, their sizes and modification times), complete or absent: the
+records are read and validated as raytev reads any corpus, written in reading order to a scratch Arrow stream,
+ordered by docid (only the docid column and the order are held in memory), and gathered in that order into the
+store under a temporary name that is renamed into place. A docid given twice keeps its last record, as a dict filled
+in reading order would.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raytev.bundled import bundled_dataset_path
+from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows
+from raytev.data.cache import default_cache_dir, fingerprint
+from raytev.data.formats import parse_corpus_record
+from raytev.data.sources import RecordFiles, expand_paths, find_beir_layout
+from raytev.errors import ProblemLog, RaytevError
+from raytev.progress import progress_bar
+from raytev.staging import staged_file
+
+STORE_FORMAT = 1
+SCHEMA = pa.schema([("docid", pa.large_string()), ("title", pa.large_string()), ("text", pa.large_string())])
+BATCH_ROWS = 16384  # rows per batch of the store and of its scratch file: what building it holds of the texts
+
+
+def corpus_files(corpus: str) -> tuple[Path, ...]:
+    """The files of a corpus: a bundled dataset name, a BEIR folder, or JSONL/TSV files (a glob)."""
+    folder = bundled_dataset_path(corpus) or (Path(corpus).expanduser() if Path(corpus).expanduser().is_dir()
+                                               else None)
+    if folder is not None:
+        layout = find_beir_layout(folder)
+        if layout is None:
+            raise RaytevError(f"{folder} is a folder but not a BEIR one (corpus.jsonl[.gz], queries.jsonl, qrels/): "
+                              "give the corpus file itself.")
+        return (layout["corpus"],)
+    return expand_paths(corpus)
+
+
+def corpus_store(corpus: str, cache_dir: Path | None = None) -> CorpusStore:
+    """The store of `corpus` (see corpus_files) from the cache folder, built there first if it is not there yet."""
+    files = corpus_files(corpus)
+    path = store_path(files, Path(cache_dir) if cache_dir else default_cache_dir())
+    if not path.is_file():
+        build_store(files, path)
+    return CorpusStore(path)
+
+
+def store_path(files: tuple[Path, ...], cache_dir: Path) -> Path:
+    """Where the store of these files lives in `cache_dir`: named by their paths, sizes and modification times (not
+    their bytes: hashing a multi-GB corpus would cost every start what the store saves)."""
+    stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
+    return cache_dir / f"corpus-store-{fingerprint(kind='corpus-store', format=STORE_FORMAT, files=stats)}.arrow"
+
+
+def build_store(files: tuple[Path, ...], target: Path) -> None:
+    """Read and validate the corpus files and write their passages sorted by docid as `target`, complete or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with staged_file(target) as temporary:
+        scratch = temporary.with_name(f"{temporary.name}.unsorted")
+        try:
+            _write_in_reading_order(RecordFiles("corpus", files), scratch)
+            _write_sorted(read_arrow_rows(scratch), temporary)
+        finally:
+            scratch.unlink(missing_ok=True)
+    pa.default_memory_pool().release_unused()  # `raytev serve` keeps running: hand back what the build used
+
+
+def _write_in_reading_order(records: RecordFiles, path: Path) -> None:
+    problems = ProblemLog()
+    with ArrowRowWriter(path, SCHEMA, batch_rows=BATCH_ROWS) as writer:
+        for source, line, record in progress_bar(iterable=records.iter_records(problems), disable=None,
+                                                 desc=f"corpus store of {records.label}", unit=" passages"):
+            passage = parse_corpus_record(record, source, line, problems)
+            if passage is not None:
+                writer.append(docid=passage.docid, title=passage.title, text=passage.text)
+    problems.raise_if_any()
+
+
+def _write_sorted(table: pa.Table, path: Path) -> None:
+    order = last_of_each_docid(table.column("docid"))
+    batches = table.to_batches()
+    starts = np.cumsum([0] + [batch.num_rows for batch in batches])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        for start in range(0, len(order), BATCH_ROWS):
+            writer.write_batch(gather_rows(batches, starts, order[start:start + BATCH_ROWS]))
+
+
+def last_of_each_docid(docids: pa.ChunkedArray) -> np.ndarray:
+    """Row numbers that order `docids`, keeping only the last row of a docid given more than once."""
+    order = pc.sort_indices(docids)  # stable: rows of one docid stay in reading order
+    ordered = docids.take(order)
+    keep = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        keep[:-1] = pc.not_equal(ordered[:-1], ordered[1:]).to_numpy()
+    return order.to_numpy().astype(np.int64)[keep]
+
+
+def gather_rows(batches: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray) -> pa.RecordBatch:
+    """The rows numbered `rows` (in that order) of a table given as its batches (`starts`: each batch's first row
+    number), taken batch by batch: a chunked column's take would first concatenate the whole column."""
+    numbers = np.searchsorted(starts, rows, side="right") - 1
+    grouped = np.argsort(numbers, kind="stable")  # positions in `rows`, batch by batch
+    cuts = np.flatnonzero(np.diff(numbers[grouped])) + 1
+    pieces = [batches[numbers[group[0]]].take(pa.array(rows[group] - starts[numbers[group[0]]]))
+              for group in np.split(grouped, cuts)]
+    return pa.concat_batches(pieces).take(pa.array(np.argsort(grouped)))
+
+
+class CorpusStore:
+    """Titles and texts by docid, from a store file memory-mapped (see the module's docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with pa.memory_map(str(self.path)) as source:  # the batches keep the mapping alive
+            reader = pa.ipc.open_file(source)
+            self.batches = [reader.get_batch(number) for number in range(reader.num_record_batches)]
+        # Every batch's columns (docid, title, text) as their offsets and UTF-8 bytes: views of the mapping, read
+        # through memoryviews, which index faster than Arrow scalars or NumPy items.
+        self._columns = [[_offsets_and_bytes(column) for column in batch.columns] for batch in self.batches]
+        self._firsts = [self._value(number, 0, 0).tobytes() for number in range(len(self.batches))]
+
+    def __len__(self) -> int:
+        return sum(batch.num_rows for batch in self.batches)
+
+    def passages(self, docids: list[str]) -> list[tuple[str | None, str | None]]:
+        """(title, text) of each docid; (None, None) for a docid the corpus lacks."""
+        found = []
+        for docid in docids:
+            place = self._find(docid.encode())
+            found.append((None, None) if place is None else
+                         tuple(str(self._value(place[0], column, place[1]), "utf-8") for column in (1, 2)))
+        return found
+
+    def _value(self, number: int, column: int, row: int) -> memoryview:
+        offsets, data = self._columns[number][column]
+        return data[offsets[row]:offsets[row + 1]]
+
+    def _find(self, key: bytes) -> tuple[int, int] | None:
+        """(batch, row) of the docid `key`, or None."""
+        number = bisect.bisect_right(self._firsts, key) - 1
+        if number < 0:
+            return None
+        offsets, data = self._columns[number][0]
+        rows = range(len(offsets) - 1)
+        row = bisect.bisect_left(rows, key, key=lambda row: data[offsets[row]:offsets[row + 1]].tobytes())
+        return (number, row) if row < len(rows) and self._value(number, 0, row) == key else None
+
+
+def _offsets_and_bytes(values: pa.LargeStringArray) -> tuple[memoryview, memoryview]:
+    """A large_string array's value offsets (one more than its rows) and value bytes, as memoryviews."""
+    _, offsets, data = values.buffers()
+    return memoryview(offsets).cast("q")[values.offset:values.offset + len(values) + 1], memoryview(data).cast("B")

@@ -1,0 +1,52 @@
+"""One output shard per call: read its rows of the token table, encode them, write the shard file where it runs.
+
+Encoding actors run this, so vectors go from each actor straight to storage instead of through the driver; the
+driver only hears (shard, rows) back and records the shard in the manifest. `--num_actors 0` calls it in-process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from raytev.data.embeddings import check_shared_folder, write_shard_file
+from raytev.encoding.batch_encoder import BatchEncoder
+
+
+class ShardEncoder:
+    """Encodes whole shards (`index`, `low`, `high` rows of the token table) into files of the output folder.
+
+    `encoder_options` are BatchEncoder's (model, is_query, id_column, batch_size, pad_token_id, device, ...).
+    """
+
+    def __init__(self, table_files: list[str], output: str, dim: int, **encoder_options):
+        check_shared_folder(output)  # before loading a model whose vectors could not be written
+        self.output, self.dim = output, dim
+        self.columns = ["row", encoder_options["id_column"], "input_ids"]
+        # Row-group statistics of `row` let a range read skip every other row group and file.
+        self.table = pads.dataset(table_files, format="parquet")
+        self.encoder = BatchEncoder(**encoder_options)
+
+    def __call__(self, shards: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encode and write each shard of the batch; return each one's index and row count."""
+        written = [self.encode_shard(int(index), int(low), int(high))
+                   for index, low, high in zip(shards["index"], shards["low"], shards["high"])]
+        return {"index": np.asarray(shards["index"]), "rows": np.asarray(written, dtype=np.int64)}
+
+    def encode_shard(self, index: int, low: int, high: int) -> int:
+        """Encode rows [low, high) into shard `index` (complete or absent); return its rows."""
+        rows = read_row_range(self.table, self.columns, low, high)
+        encoded = self.encoder({name: rows.column(name).to_numpy(zero_copy_only=False) for name in self.columns})
+        return write_shard_file(self.output, index, rows.column(self.columns[1]).combine_chunks(),
+                                encoded["embedding"], self.dim)
+
+
+def read_row_range(table: pads.Dataset, columns: list[str], low: int, high: int) -> pa.Table:
+    """Rows [low, high) of a token table, in row order; fails unless each row is there exactly once."""
+    field = pads.field("row")
+    rows = table.to_table(columns=columns, filter=(field >= low) & (field < high)).sort_by("row")
+    if not np.array_equal(rows.column("row").to_numpy(), np.arange(low, high)):
+        raise RuntimeError(f"the token table's rows {low}..{high} are not each there once ({rows.num_rows} found): "
+                           "its cache folder changed during encoding; run `raytev data prepare` again")
+    return rows
