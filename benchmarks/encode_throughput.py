@@ -5,12 +5,13 @@
    rows (the same shards, sorted by length the same way) in a plain loop in this process, model loaded and warm, at
    the same precision (--precision, default bf16) and --actors. `--corpus_copies N` repeats the corpus N times under
    new docids, so fixed start-up weighs less. The two alternate --repeats times; the best of each is compared.
+   Written to benchmarks/results/encode_whole_process.json.
 2. `raytev encode` with 1 and 2 actors, fp32 and bf16, torch and JAX (--backend jax, 1 and 2 devices per actor),
    against sentence-transformers `encode` (fp32, same model, same maximum length). JAX rows also report their largest
    difference from the torch 1-actor fp32 vectors. Each configuration also encodes the 300 test queries, searches a
    flat index and reports nDCG@10, so speed never hides a change in quality. raytev is timed as a whole `encode`
    call in this process (one Ray for all configurations); the peer on `model.encode` alone, its model loaded.
-   `--rows ""` skips this part.
+   Written to benchmarks/results/encode_throughput.json; `--rows ""` skips this part.
 
     python benchmarks/encode_throughput.py [--max_len 256] [--batch 32] [--corpus_copies 4] [--rows ""]
 """
@@ -203,28 +204,27 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(CONFIGS), help="comma-separated part 2 rows ('' for none)")
     args = parser.parse_args()
 
-    import numpy as np
-
-    from raytev.data.embeddings import load_embeddings
-
-    payload = {"settings": {"model": MODEL, "max_len": args.max_len, "batch": args.batch}}
+    settings = {"model": MODEL, "max_len": args.max_len, "batch": args.batch}
     with tempfile.TemporaryDirectory() as scratch:
         # Part 1 first, while this process holds no Ray that the command could join; a cache of its own, warmed by
         # the in-loop run, so the command's preparation is a cache look-up as a rerun's would be.
         os.environ["RAYTEV_CACHE_DIR"] = str(Path(scratch) / "cache")
-        payload["whole_process_vs_in_loop"] = compare_whole_process(args, Path(scratch))
-        payload["whole_process_vs_in_loop"]["timing"] = (
-            "in-loop: BatchEncoder calls only (model loaded and warmed, rows in memory); whole process: wall clock of "
-            "`python -m raytev encode` from start to exit")
+        part1 = compare_whole_process(args, Path(scratch))
+        part1["timing"] = ("in-loop: BatchEncoder calls only (model loaded and warmed, rows in memory); whole process: "
+                           "wall clock of `python -m raytev encode` from start to exit")
+        print(f"wrote {write_result('encode_whole_process', {'settings': settings, **part1})}")
         labels = [label for label in args.rows.split(",") if label]
         if labels:
-            payload.update(compare_configurations(args, labels, Path(scratch), np, load_embeddings))
-    print(f"wrote {write_result('encode_throughput', payload)}")
+            part2 = compare_configurations(args, labels, Path(scratch))
+            print(f"wrote {write_result('encode_throughput', {'settings': settings, **part2})}")
 
 
-def compare_configurations(args, labels: list[str], scratch: Path, np, load_embeddings) -> dict:
+def compare_configurations(args, labels: list[str], scratch: Path) -> dict:
     """Part 2: raytev configurations against sentence-transformers, speed and nDCG@10."""
+    import numpy as np
     import ray
+
+    from raytev.data.embeddings import load_embeddings
 
     results = {"sentence-transformers fp32 (peer)": peer(args)}
     differences = {}

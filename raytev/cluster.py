@@ -18,11 +18,12 @@ from raytev.ray_auth import AUTH_MODE, TOKEN_HELP, enable_token_auth, is_client_
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}
 
 
-def connect(address: str | None = None, verbose: bool = False) -> None:
+def connect(address: str | None = None, verbose: bool = False, dashboard: bool = True) -> None:
     """Make sure this process is connected to Ray (an existing connection is kept as it is).
 
     Unless `verbose`, Ray's own messages and the workers' output stay in Ray's log files: raytev's stages draw
-    their own progress bar and summary line on the driver.
+    their own progress bar and summary line on the driver. `dashboard`: whether a Ray started here (not one joined)
+    runs its dashboard.
     """
     if ray.is_initialized():
         return
@@ -37,7 +38,7 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
             native_output_to_file(Path(tempfile.gettempdir()) / "raytev-logs" / f"driver-{os.getpid()}.log")
     try:
         ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.WARNING)
+                 logging_level=logging.INFO if verbose else logging.WARNING, include_dashboard=dashboard)
     except (ConnectionError, ray.exceptions.AuthenticationError) as error:
         if not is_client_address(address):
             raise

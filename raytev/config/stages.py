@@ -126,7 +126,7 @@ class RetrievalStage(EncodingStage):
 
 @dataclass(kw_only=True)
 class EncodeConfig(EncodingStage):
-    """Encode a corpus (or its queries) into embedding shards on a Ray Data actor pool."""
+    """Encode a corpus (or its queries) into embedding shards on a pool of Ray actors."""
 
     encode_output_path: str = option(
         help="Folder of embedding shards (or the .pkl file with --output_format tevatron-pickle); re-running with "

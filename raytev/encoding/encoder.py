@@ -1,4 +1,4 @@
-"""`raytev encode`: token tables through a Ray Data actor pool into resumable embedding shards."""
+"""`raytev encode`: token tables through a pool of Ray actors into resumable embedding shards."""
 
 from __future__ import annotations
 
@@ -92,33 +92,35 @@ def encode(config: EncodeConfig, model: ResolvedModel | None = None) -> EncodeRe
 
 def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
                    model: ResolvedModel, config: EncodeConfig, is_query: bool) -> int:
-    """Encode the unfinished shards on an actor pool, each actor writing the shards it encodes; record them here."""
+    """Encode the unfinished shards on a pool of actors, each writing the shards it encodes; record them here."""
     import ray
+    from ray.util import ActorPool
 
     from raytev.cluster import connect, node_cpus
     from raytev.encoding.shard_encoder import ShardEncoder
 
     actors, cluster = config.actors, config.cluster
-    connect(cluster.address, cluster.verbose)
-    # One block per shard, one shard per call: actors take shards as they free up, and nothing but
-    # (index, rows) comes back to this process.
-    shards = ray.data.from_items([{"index": index, "low": low, "high": high} for index, (low, high) in todo.items()],
-                                 override_num_blocks=len(todo))
+    # A Ray started here for encoding needs no dashboard: its processes took ~13 s of CPU per run on 2 cores.
+    connect(cluster.address, cluster.verbose, dashboard=False)
     pool_size = min(actors.num_actors, len(todo))  # an actor without a shard would only load the model
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
     if cluster.use_tpu:
         resources = {"resources": {"TPU": cluster.tpu_chips_per_worker}}
-    written = shards.map_batches(
-        ShardEncoder,
-        fn_constructor_kwargs=shard_encoder_options(
-            table, writer, model, config, is_query, device="cuda" if cluster.use_gpu else "cpu",
-            torch_threads=None if cluster.use_gpu else max(1, node_cpus() // pool_size)),
-        # One shard queued per actor: a shard takes seconds or minutes, so a free actor takes the next one
-        # instead of it waiting behind another actor's queue.
-        compute=ray.data.ActorPoolStrategy(size=pool_size, max_tasks_in_flight_per_actor=1),
-        batch_size=1, batch_format="numpy", **resources)
-    written.context.enable_progress_bars = False  # the encoding bar below says the same, once
-    return record_shards(written.iter_rows(), todo, writer, is_query)
+    options = shard_encoder_options(table, writer, model, config, is_query, device="cuda" if cluster.use_gpu else "cpu",
+                                    torch_threads=None if cluster.use_gpu else max(1, node_cpus() // pool_size))
+    # An actor that dies (a lost node, the OOM killer) is restarted and its shard encoded again, under a new
+    # temporary name: a shard is complete or absent whichever copy finishes.
+    remote = ray.remote(max_restarts=-1, max_task_retries=-1, **resources)(ShardEncoder)
+    encoders = [remote.remote(**options) for _ in range(pool_size)]
+    try:
+        # Each free actor takes the next shard; only (index, rows) comes back to this process, never a vector.
+        # (The inputs are three numbers per shard: Ray Data's executor and helper actors cost more than they bring.)
+        written = ActorPool(encoders).map_unordered(lambda actor, shard: actor.encode_shard.remote(*shard),
+                                                    [(index, low, high) for index, (low, high) in todo.items()])
+        return record_shards(written, todo, writer, is_query)
+    finally:
+        for encoder in encoders:  # their CPUs or GPUs free now, also after a failure (whose traceback holds them)
+            ray.kill(encoder)
 
 
 def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
@@ -129,8 +131,7 @@ def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
 
     encoder = ShardEncoder(**shard_encoder_options(table, writer, model, config, is_query,
                                                    device="cuda" if config.cluster.use_gpu else "cpu"))
-    written = ({"index": index, "rows": encoder.encode_shard(index, low, high)}
-               for index, (low, high) in sorted(todo.items()))
+    written = (encoder.encode_shard(index, low, high) for index, (low, high) in sorted(todo.items()))
     return record_shards(written, todo, writer, is_query)
 
 
@@ -145,14 +146,14 @@ def shard_encoder_options(table: TokenTable, writer: EmbeddingsWriter, model: Re
                 backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices)
 
 
-def record_shards(written: Iterable[dict], todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
+def record_shards(written: Iterable[tuple[int, int]], todo: dict[int, tuple[int, int]], writer: EmbeddingsWriter,
                   is_query: bool) -> int:
-    """Record each shard in the manifest as it is reported written (in any order); return the rows encoded."""
+    """Record each (shard index, rows) in the manifest as it is reported written, in any order; return the rows."""
     total = sum(high - low for low, high in todo.values())
     with progress_bar(total=total, desc=f"Encoding {'queries' if is_query else 'passages'}", unit=" texts") as bar:
-        for shard in written:  # (each shard's rows were checked against its range where it was read)
-            writer.record_shard(int(shard["index"]), int(shard["rows"]))
-            bar.update(int(shard["rows"]))
+        for index, rows in written:  # (each shard's rows were checked against its range where it was read)
+            writer.record_shard(index, rows)
+            bar.update(rows)
     unfinished = sorted(set(todo) - writer.finished())
     if unfinished:
         raise RuntimeError(f"encoding ended with shards {unfinished} not written")

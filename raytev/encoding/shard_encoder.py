@@ -15,7 +15,7 @@ from raytev.encoding.batch_encoder import BatchEncoder
 
 
 class ShardEncoder:
-    """Encodes whole shards (`index`, `low`, `high` rows of the token table) into files of the output folder.
+    """Encodes whole shards (rows `low` to `high` of the token table) into files of the output folder; one per actor.
 
     `encoder_options` are BatchEncoder's (model, is_query, id_column, batch_size, pad_token_id, device, ...).
     """
@@ -28,18 +28,13 @@ class ShardEncoder:
         self.table = pads.dataset(table_files, format="parquet")
         self.encoder = BatchEncoder(**encoder_options)
 
-    def __call__(self, shards: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Encode and write each shard of the batch; return each one's index and row count."""
-        written = [self.encode_shard(int(index), int(low), int(high))
-                   for index, low, high in zip(shards["index"], shards["low"], shards["high"])]
-        return {"index": np.asarray(shards["index"]), "rows": np.asarray(written, dtype=np.int64)}
-
-    def encode_shard(self, index: int, low: int, high: int) -> int:
-        """Encode rows [low, high) into shard `index` (complete or absent); return its rows."""
+    def encode_shard(self, index: int, low: int, high: int) -> tuple[int, int]:
+        """Encode rows [low, high) into shard `index` (complete or absent); return (index, rows), so that results
+        arriving out of order say which shard they finished."""
         rows = read_row_range(self.table, self.columns, low, high)
         encoded = self.encoder({name: rows.column(name).to_numpy(zero_copy_only=False) for name in self.columns})
-        return write_shard_file(self.output, index, rows.column(self.columns[1]).combine_chunks(),
-                                encoded["embedding"], self.dim)
+        return index, write_shard_file(self.output, index, rows.column(self.columns[1]).combine_chunks(),
+                                       encoded["embedding"], self.dim)
 
 
 def read_row_range(table: pads.Dataset, columns: list[str], low: int, high: int) -> pa.Table:
