@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,14 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
 # XLA's CPU compiler at its lowest optimization level: half the compile time, and tiny models run fast anyway.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# One compilation cache for the session's processes (never the user's): a restarted or second JAX worker loads the
+# training step the first one compiled.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="raytev-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 from helpers import make_tiny_beir, write_tiny_tokenizer  # noqa: E402 - after the environment above
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:

@@ -75,3 +75,43 @@ def test_queries_must_fit_the_index(tmp_path):
         shard_search([location, other], np.ones((2, 8), dtype=np.float32), 3)
     with pytest.raises(RaytevError, match="cannot set 'nprobe=4' on a IndexHNSWFlat"):
         search(build_index(location, "HNSW32"), np.ones((2, 8), dtype=np.float32), 3, search_parameters="nprobe=4")
+
+
+def test_search_command_sets_search_parameters(tmp_path):
+    # The same two-cluster IVF index as above, saved and searched by `raytev search`: nprobe=1 sees the query's list
+    # only (100 hits: columns no query filled are dropped), nprobe=2 both lists (the exact ranking).
+    from raytev.config.fields import from_flags
+    from raytev.config.stages import SearchConfig
+    from raytev.index.files import search_files
+
+    rng = np.random.default_rng(0)
+    vectors = np.concatenate([rng.normal(5, 1, (300, 8)), rng.normal(-5, 1, (100, 8))]).astype(np.float32)
+    index_dir = tmp_path / "index"
+    save_index(build_index(write_embeddings(tmp_path / "emb", vectors, [400]), "IVF2,Flat"), index_dir)
+    query_reps = write_embeddings(tmp_path / "queries", vectors[[350]], [1])
+    found = {}
+    for parameters in ("nprobe=1", "nprobe=2"):
+        config = from_flags(SearchConfig, {"query_reps": query_reps, "passage_reps": str(index_dir), "depth": 150,
+                                           "save_ranking_to": str(tmp_path / "run.txt"),
+                                           "search_parameters": parameters}, "test")
+        found[parameters] = search_files(config).docids[0].tolist()
+    assert len(found["nprobe=1"]) == 100 and len(found["nprobe=2"]) == 150 and None not in found["nprobe=2"]
+    assert found["nprobe=2"][:100] == search(str(tmp_path / "emb"), vectors[[350]], 100)[1][0].tolist()
+
+
+def test_a_collapsed_model_does_not_rescore_the_whole_corpus(tmp_path, monkeypatch):
+    # Every passage vector the same up to rounding (an untrained or collapsed model): every score ties within the
+    # rounding slack, so settling ties exactly would fetch all 20,000 rows for every query; the fetch stops at 4096.
+    import raytev.index.search as search_module
+
+    rng = np.random.default_rng(0)
+    vectors = (1 + 1e-7 * rng.standard_normal((20_000, 16))).astype(np.float32)
+    index = build_index(write_embeddings(tmp_path / "emb", vectors, [20_000]))
+    fetched = []
+    rescore = search_module.exact_scores
+    monkeypatch.setattr(search_module, "exact_scores",
+                        lambda queries, rows, candidates: fetched.append(candidates.shape[1]) or
+                        rescore(queries, rows, candidates))
+    scores, docids = search(index, rng.standard_normal((30, 16)).astype(np.float32), 10)
+    assert docids.shape == (30, 10) and None not in docids.tolist()
+    assert max(fetched) == 4096 and np.all(np.diff(scores, axis=1) <= 0)

@@ -252,3 +252,24 @@ def test_legacy_checkpoints_load_and_wrong_ones_say_which_weights(tmp_path):
     with pytest.raises(RaytevError, match=r"missing weights: encoder\.layer\.1\.output\.dense\.weight"
                                           r"(.|\n)*unexpected weights: encoder\.extra\.weight"):
         load_encoder(str(folder))
+
+
+def test_compiled_programs_are_kept_in_the_user_cache_unless_jax_is_told_otherwise(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = ("import jax, jax.numpy as jnp\n"
+              "from raytev.tevax.inference import set_up_jax\n"
+              "set_up_jax(1)\n"
+              "jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()\n"
+              "print(jax.config.jax_compilation_cache_dir)\n")
+    env = {name: value for name, value in os.environ.items() if name != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    folder = tmp_path / "xdg" / "raytev" / "jax-compilation"
+    assert run.stdout.strip() == str(folder) and any(folder.iterdir())  # the program was written there
+    chosen = tmp_path / "chosen"
+    run = subprocess.run([sys.executable, "-c", script], env={**env, "JAX_COMPILATION_CACHE_DIR": str(chosen)},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == str(chosen) and any(chosen.iterdir())

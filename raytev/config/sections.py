@@ -283,3 +283,5 @@ class RetrievalSection(Options):
     batch_size: int = option(-1, "Queries per search call (-1: all at once).")
     shard_search: bool = option(False, "Search embedding shards one at a time and merge their top-k: memory for "
                                        "one shard instead of the whole corpus, the same ranking.")
+    search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 (IVF) or efSearch=128 "
+                                        "(HNSW); unset, FAISS's defaults (nprobe 1, efSearch 16) apply.")

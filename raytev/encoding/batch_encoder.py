@@ -18,9 +18,9 @@ class BatchEncoder:
                  device: str = "cpu", torch_threads: int | None = None, backend: str = "torch",
                  jax_cpu_devices: int = 1):
         if backend == "jax":
-            from raytev.tevax.inference import make_embedder, use_cpu_devices
+            from raytev.tevax.inference import make_embedder, set_up_jax
 
-            use_cpu_devices(jax_cpu_devices)
+            set_up_jax(jax_cpu_devices)
             self.embed = make_embedder(model, is_query, batch_size, pad_token_id)
         else:
             self.embed = torch_embedder(model, is_query, device, torch_threads)

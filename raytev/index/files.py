@@ -84,7 +84,8 @@ def rank_files(config: SearchConfig) -> tuple[list[str], np.ndarray, np.ndarray]
             passage_reps = pickles_as_shards(passage_reps, Path(scratch) / "passages", "passages")
         query_ids, query_vectors = load_embeddings(query_reps)
         find = shard_search if retrieval.shard_search else search
-        scores, docids = find(passage_reps, query_vectors, retrieval.depth, retrieval.batch_size)
+        scores, docids = find(passage_reps, query_vectors, retrieval.depth, retrieval.batch_size,
+                              retrieval.search_parameters)
     return query_ids.tolist(), scores, docids
 
 

@@ -34,6 +34,7 @@ from raytev.progress import progress_bar
 Source = DenseIndex | str | os.PathLike
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 ELEMENTS_PER_BLOCK = 1 << 20  # rescoring gathers candidates in blocks of 8 MiB of float64 (cache-sized)
+MAX_FETCH_GROWTH, MIN_FETCH_LIMIT = 16, 4096  # candidates a query may fetch to settle ties: 16x the first, or 4096
 
 
 def top_hits(scores: np.ndarray, positions: np.ndarray, depth: int, *carried: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -145,13 +146,16 @@ def exact_flat_search(index: DenseIndex, queries: np.ndarray, depth: int) -> tup
     # |float32 dot - exact| <= d*u/(1-d*u) * |q| * |x| for any summation order; +2 covers the final roundings.
     slack = 1.01 * (queries.shape[1] + 2) * UNIT_ROUNDOFF * np.linalg.norm(queries, axis=1) * index.max_norm
     pending, fetch = np.arange(len(queries)), min(total, depth + max(16, depth // 8))
+    # Where more passages than this tie (within rounding) at the cut, FAISS's order among them stands: a collapsed
+    # model, whose vectors all tie, would otherwise rescore the whole corpus for every query.
+    limit = min(total, max(MAX_FETCH_GROWTH * fetch, MIN_FETCH_LIMIT))
     while len(pending):
         faiss_scores, candidates = index.faiss_index.search(queries[pending], fetch)
         exact = exact_scores(queries[pending], vectors, candidates)
         best_scores, best_positions = top_hits(exact, candidates, width)
-        settled = np.full(len(pending), fetch == total) | (best_scores[:, -1] > faiss_scores[:, -1] + slack[pending])
+        settled = np.full(len(pending), fetch >= limit) | (best_scores[:, -1] > faiss_scores[:, -1] + slack[pending])
         scores[pending[settled]], positions[pending[settled]] = best_scores[settled], best_positions[settled]
-        pending, fetch = pending[~settled], min(total, 2 * fetch)
+        pending, fetch = pending[~settled], min(limit, 2 * fetch)
     return scores, positions
 
 

@@ -59,13 +59,14 @@ def jax_train_loop_per_worker(config: dict) -> None:
 
 
 def start_jax(cpu_devices: int, accelerated: bool, rank: int, world_size: int) -> None:
-    """Devices for this process: `cpu_devices` CPU devices (if JAX has not started already), and on CPUs with
-    several workers, jax.distributed over them (JaxTrainer initializes it itself only for TPUs and GPUs)."""
+    """Devices for this process: `cpu_devices` CPU devices (if JAX has not started already; compiled programs
+    cached on disk), and on CPUs with several workers, jax.distributed over them (JaxTrainer initializes it
+    itself only for TPUs and GPUs)."""
     import jax
 
-    from raytev.tevax.inference import use_cpu_devices
+    from raytev.tevax.inference import set_up_jax
 
-    use_cpu_devices(cpu_devices)
+    set_up_jax(cpu_devices)
     if world_size > 1 and not accelerated and not jax.distributed.is_initialized():
         from ray.train.collective import broadcast_from_rank_zero
 

@@ -74,9 +74,11 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
     depth = depth or config.retrieval.depth
     query_ids, query_vectors = load_embeddings(str(query_dir))
     if config.retrieval.shard_search:
-        scores, docids = shard_search(str(corpus_dir), query_vectors, depth, config.retrieval.batch_size)
+        scores, docids = shard_search(str(corpus_dir), query_vectors, depth, config.retrieval.batch_size,
+                                      config.retrieval.search_parameters)
     else:
-        scores, docids = search(built, query_vectors, depth, config.retrieval.batch_size)
+        scores, docids = search(built, query_vectors, depth, config.retrieval.batch_size,
+                                config.retrieval.search_parameters)
     lines = write_run(run_path, query_ids.tolist(), scores, docids)
     seconds = time.perf_counter() - started
     finished(stages, "search", seconds, f"{len(query_ids):,} queries x depth {depth}, "
