@@ -2,9 +2,9 @@
 the command a user runs, and the growth per 4x of data.
 
 Each size is data_prepare_scale.py's synthetic BEIR folder (passages of ~240 random words, one train query per five
-passages with one qrel, 30 random negatives per query). The model is a tiny random BERT (1 layer, 32 wide: what is
-measured is raytev around the model, not the model) with all-MiniLM-L6-v2's tokenizer, so passages are as long as
-MiniLM sees them. Stages, in order, in one token cache per size:
+passages with one qrel, 30 random negatives per query). The model is a tiny random BERT (1 layer, 32 wide, normalized
+CLS vectors: what is measured is raytev around the model, not the model) with all-MiniLM-L6-v2's tokenizer, so
+passages are as long as MiniLM sees them. Stages, in order, in one token cache per size:
 
   prepare   raytev data prepare --dataset_split train (corpus and training groups, 30 negatives)
   encode    raytev encode of the corpus, then of the train queries (--encode_is_query)
@@ -19,6 +19,7 @@ Time is the command's wall clock (start-up included); memory is the peak of the 
 and the largest single process. Ratios per 4x of data: time over 4 (1.00 is linear) and RSS (1.00 is flat).
 
     python benchmarks/scale.py [--sizes 100000 400000 1600000] [--work /tmp/scale]
+    python benchmarks/scale.py --sizes 1600000 --add_to_results   # one more size beside those measured
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import RESULTS_DIR, write_result  # noqa: E402
 from data_prepare_scale import MODEL, make_beir_folder, run_measured  # noqa: E402
 from serve_load import closed_loop, free_port  # noqa: E402
 from serve_memory import replica_processes, wait_until_serving  # noqa: E402
@@ -48,18 +49,22 @@ STAGES = ("prepare", "encode", "index", "search", "serve")
 
 
 def tiny_model(folder: Path) -> Path:
-    """A random 1-layer, 32-wide BERT with all-MiniLM-L6-v2's tokenizer (made once)."""
+    """A random 1-layer, 32-wide BERT with all-MiniLM-L6-v2's tokenizer, normalized CLS vectors (made once)."""
     if (folder / "config.json").is_file():
         return folder
     import torch
     from transformers import BertConfig, BertModel
 
     from raytev.bundled import resolve_model_path
+    from raytev.data.model_folder import DenseModelSettings
 
     torch.manual_seed(0)
+    # Weights drawn with std 1 (not BERT's 0.02) and normalized CLS vectors: at 0.02 every passage's vector was
+    # the same to 1e-4, all scores tied, which no trained model does (flat search then works at its tie limit).
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
+                        intermediate_size=64, max_position_embeddings=512, initializer_range=1.0)
     BertModel(config).save_pretrained(folder)
+    DenseModelSettings(pooling="cls", normalize=True).save(folder)
     source = Path(resolve_model_path(MODEL))
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
@@ -163,9 +168,10 @@ def run_size(size: int, args, model: Path) -> dict:
         texts = [json.loads(line)["text"] for _, line in zip(range(1000), open(folder / "queries.jsonl"))]
         served = serve(out / "flat", folder / "corpus.jsonl", model, texts, work, args.clients, args.seconds)
         results["serve"] = served
-        rss = {name: round(memory["rss"] / 2**30, 2) for name, memory in served["replicas"].items()}
+        rss = {name: f"{memory['rss'] / 2**30:.2f}/{memory['anonymous'] / 2**30:.2f}"
+               for name, memory in served["replicas"].items()}
         print(f"  {'serve':<15}started in {served['start_seconds']} s, {served['load']['qps']} QPS at "
-              f"{args.clients} clients (p50 {served['load']['p50_ms']} ms), replica RSS GiB {rss}", flush=True)
+              f"{args.clients} clients (p50 {served['load']['p50_ms']} ms), replica RSS/own GiB {rss}", flush=True)
     if not args.keep:
         for path in (cache, out):
             shutil.rmtree(path, ignore_errors=True)
@@ -178,7 +184,9 @@ def measured_rows(result: dict) -> dict[str, tuple[float, float]]:
             if isinstance(value, dict) and "peak_rss_gb" in value}
     if "serve" in result:
         replicas = result["serve"]["replicas"].values()
-        rows["serve (replica)"] = (result["serve"]["start_seconds"], max(m["rss"] for m in replicas) / 1e9)
+        # RSS counts the index's and the corpus store's mapped pages (page cache, shared); "own" is anonymous memory.
+        rows["serve start, RSS"] = (result["serve"]["start_seconds"], max(m["rss"] for m in replicas) / 1e9)
+        rows["serve own"] = (result["serve"]["start_seconds"], max(m["anonymous"] for m in replicas) / 1e9)
     return rows
 
 
@@ -218,12 +226,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--keep", action="store_true", help="Keep each size's cache and outputs.")
     parser.add_argument("--name", default="scale", help="benchmarks/results/<name>.json")
+    parser.add_argument("--add_to_results", action="store_true",
+                        help="Keep the other sizes already in the result file (measure one size again, or add one).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    model = tiny_model(args.work / "tiny-bert-minilm-vocab")
+    model = tiny_model(args.work / "tiny-bert-std1-minilm-vocab")
     results = []
+    if args.add_to_results:  # the sizes measured before, each replaced if measured again now
+        results = [result for result in json.loads((RESULTS_DIR / f"{args.name}.json").read_text())["results"]
+                   if result["passages"] not in args.sizes]
     for size in args.sizes:
-        results.append(run_size(size, args, model))
+        results = sorted([*results, run_size(size, args, model)], key=lambda result: result["passages"])
         # Written after every size: a 1.6M run takes hours, and what finished is kept if it stops.
         write_result(args.name, {"settings": {key: str(value) for key, value in vars(args).items()},
                                  "ivf_pq": IVF_PQ, "results": results})
