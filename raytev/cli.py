@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from raytev import __version__
@@ -38,7 +40,17 @@ def find_command(argv: list[str]) -> tuple[Stage | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `raytev` command; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run_command(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # The reader went away (`raytev ... | head`): stop quietly, as Unix tools do. Python would also fail to
+        # flush stdout at exit, so it points at /dev/null from here on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def run_command(argv: list[str]) -> int:
+    """Run the stage argv names, print its summary; the exit code."""
     stage, rest = find_command(argv)
     if stage is None:
         parser = top_level_parser()

@@ -29,6 +29,27 @@ def test_the_console_script_runs():
     assert "--dataset_cache_dir" in result.stdout and "--train_n_passages" in result.stdout
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_beir, tmp_path, monkeypatch, capsys):
+    # As `raytev ... | head` once head has exited: every write to stdout fails with EPIPE.
+    class ClosedPipe:
+        def __init__(self, descriptor: int):
+            self.descriptor = descriptor
+
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self) -> int:
+            return self.descriptor
+
+    with open(tmp_path / "stdout", "w") as stand_in:
+        monkeypatch.setattr("sys.stdout", ClosedPipe(stand_in.fileno()))
+        assert main(["data", "validate", "--dataset_name", str(tiny_beir)]) == 141  # 128 + SIGPIPE, as Unix tools
+    assert capsys.readouterr().err == ""  # no traceback
+
+
 def test_unknown_command_is_a_usage_error(capsys):
     assert main(["nonsense"]) == 2
     assert "unknown command 'nonsense'" in capsys.readouterr().err
