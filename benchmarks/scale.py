@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, write_result  # noqa: E402
 from data_prepare_scale import MODEL, make_beir_folder, run_measured  # noqa: E402
 from serve_load import closed_loop, free_port  # noqa: E402
-from serve_memory import replica_processes, wait_until_serving  # noqa: E402
+from serve_memory import replica_processes, stop_service, wait_until_serving  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 IVF_PQ = "IVF1024,PQ16"
@@ -121,12 +120,7 @@ def serve(index: Path, corpus: Path, model: Path, queries: list[str], work: Path
         load = asyncio.run(closed_loop(f"{url}/search", bodies, clients, seconds))
         memory = {name: asdict(process_memory(pid)) for name, pid in replica_processes(process.pid).items()}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_service(process)
     printed = [line for line in log.read_text(errors="replace").splitlines() if "RSS " in line]
     return {"start_seconds": round(start_seconds, 1), "load": load, "replicas": memory, "printed": printed}
 

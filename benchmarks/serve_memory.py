@@ -125,6 +125,17 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: 
     raise RuntimeError(f"raytev serve was not serving after {timeout:.0f} s:\n{log.read_text(errors='replace')}")
 
 
+def stop_service(process: subprocess.Popen) -> None:
+    """Stop a `raytev serve` started in its own session: SIGTERM, then SIGKILL to the whole group (with the
+    Ray it started) if it has not ended within two minutes."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def measure(label: str, checkout: Path, paths: dict, work: Path, queries: np.ndarray, timeout: float,
             replicas: int = 1) -> dict:
     """One `raytev serve` run of `checkout` (`replicas` of the encoder and of each shard): its answers to `queries`
@@ -155,12 +166,7 @@ def measure(label: str, checkout: Path, paths: dict, work: Path, queries: np.nda
         memory = {name: asdict(process_memory(pid)) for name, pid in replica_processes(process.pid).items()}
         driver = asdict(process_memory(process.pid))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # with the Ray it started
-            process.wait()
+        stop_service(process)
     printed = [line for line in log.read_text(errors="replace").splitlines() if "RSS " in line or "memory per" in line]
     return {"checkout": str(checkout), "num_replicas": replicas, "start_seconds": round(start_seconds, 1),
             "replicas": memory,

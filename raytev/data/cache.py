@@ -29,8 +29,12 @@ def default_cache_dir() -> Path:
     """$RAYTEV_CACHE_DIR, else $XDG_CACHE_HOME/raytev/datasets, else ~/.cache/raytev/datasets."""
     if os.environ.get("RAYTEV_CACHE_DIR"):
         return Path(os.environ["RAYTEV_CACHE_DIR"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "raytev" / "datasets"
+    return user_cache_dir() / "datasets"
+
+
+def user_cache_dir() -> Path:
+    """raytev's folder in the user's cache on this machine: $XDG_CACHE_HOME/raytev, else ~/.cache/raytev."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raytev"
 
 
 def fingerprint(**parts) -> str:

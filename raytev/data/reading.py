@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows, rewrite_arrow_batches
 from raytev.data.formats import Passage, parse_corpus_record, parse_query_record, parse_training_group, passage_text
+from raytev.data.group_tokens import nest
 from raytev.data.qrels import read_qrels
 from raytev.data.runs import read_run
 from raytev.data.sampling import stable_seed
@@ -165,9 +166,7 @@ def resolve_group_rows(path: Path, corpus: CorpusDocids, label: str, problems: P
                 problems.add(label, batch.column("line")[int(groups[position])].as_py(),
                              f"docid '{flat[position].as_py()}' is not in the corpus", field=f"{name}_document_ids")
             reported[name] += len(unknown)
-            offsets = pc.subtract(docids.offsets, docids.offsets[0])
-            batch = batch.set_column(batch.schema.get_field_index(f"{name}_rows"), f"{name}_rows",
-                                     pa.ListArray.from_arrays(offsets, rows))
+            batch = batch.set_column(batch.schema.get_field_index(f"{name}_rows"), f"{name}_rows", nest(docids, rows))
         return batch
 
     rewrite_arrow_batches(path, resolved)

@@ -106,7 +106,7 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
     if cluster.use_tpu:
         resources = {"resources": {"TPU": cluster.tpu_chips_per_worker}}
-    options = shard_encoder_options(table, writer, model, config, is_query, device="cuda" if cluster.use_gpu else "cpu",
+    options = shard_encoder_options(table, writer, model, config, is_query,
                                     torch_threads=None if cluster.use_gpu else max(1, node_cpus() // pool_size))
     # An actor that dies (a lost node, the OOM killer) is restarted and its shard encoded again, under a new
     # temporary name: a shard is complete or absent whichever copy finishes.
@@ -129,20 +129,20 @@ def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], writer: 
     and inputs too small to be worth starting actors)."""
     from raytev.encoding.shard_encoder import ShardEncoder
 
-    encoder = ShardEncoder(**shard_encoder_options(table, writer, model, config, is_query,
-                                                   device="cuda" if config.cluster.use_gpu else "cpu"))
+    encoder = ShardEncoder(**shard_encoder_options(table, writer, model, config, is_query))
     written = (encoder.encode_shard(index, low, high) for index, (low, high) in sorted(todo.items()))
     return record_shards(written, todo, writer, is_query)
 
 
 def shard_encoder_options(table: TokenTable, writer: EmbeddingsWriter, model: ResolvedModel, config: EncodeConfig,
-                          is_query: bool, device: str, torch_threads: int | None = None) -> dict:
+                          is_query: bool, torch_threads: int | None = None) -> dict:
     """ShardEncoder's constructor arguments; paths absolute, as actors may run in another working directory."""
     return dict(table_files=[str(Path(file).resolve()) for file in table.files],
                 output=str(writer.directory.resolve()), dim=writer.manifest.dim,
                 model=model, is_query=is_query, id_column="query_id" if is_query else "docid",
                 batch_size=config.inference.per_device_eval_batch_size,
-                pad_token_id=table.manifest["settings"]["pad_token_id"], device=device, torch_threads=torch_threads,
+                pad_token_id=table.manifest["settings"]["pad_token_id"],
+                device="cuda" if config.cluster.use_gpu else "cpu", torch_threads=torch_threads,
                 backend=config.backend.backend, jax_cpu_devices=config.backend.jax_cpu_devices)
 
 

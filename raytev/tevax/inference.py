@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from raytev.data.cache import user_cache_dir
 from raytev.data.model_folder import ResolvedModel
 from raytev.tevax.retriever import load_resolved
 from raytev.tevax.steps import DATA_AXIS, bucket_width, data_mesh, replicate
@@ -34,8 +34,7 @@ def use_compilation_cache() -> None:
     JAX_ENABLE_COMPILATION_CACHE=false turns it off."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
         return
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    jax.config.update("jax_compilation_cache_dir", str(base / "raytev" / "jax-compilation"))
+    jax.config.update("jax_compilation_cache_dir", str(user_cache_dir() / "jax-compilation"))
 
 
 def make_embedder(model: ResolvedModel, is_query: bool, batch_size: int,
