@@ -18,6 +18,7 @@ from raytev.serving.schema import ErrorResponse, InfoResponse, SearchRequest, Se
 from raytev.serving.validation import Limits, RequestError, SearchQuery, parse_search_request
 
 OPEN_PATHS = ("/healthz",)  # answered without a token: probes of load balancers carry none, and it tells nothing
+RETRY_AFTER_S = 1  # a 503 says when to try again: a swap settles, or Serve replaces a lost replica, within seconds
 
 
 class SearchService(Protocol):
@@ -47,7 +48,8 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
 
     @api.exception_handler(RequestError)
     async def refused(_: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
     @api.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
