@@ -1,10 +1,17 @@
 """The search service on a real Ray Serve on 127.0.0.1: text and vector search equal the batch path, two shards
-equal one flat index, bad requests get their 4xx, the token is enforced, and a hot swap loses no request."""
+equal one flat index, bad requests get their 4xx, the token is enforced, a killed replica and a hot swap lose no
+request, a swap to a bad index is refused, and a one-minute soak has no error and flat memory."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +32,7 @@ from raytev.serving.app import config_from_args, serve_config, swapped
 from raytev.serving.service import deploy
 
 pytestmark = pytest.mark.slow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # soak.py
 
 TOKEN = "s3cret-token"
 WORDS = ["cat", "dog", "animal", "small", "barks", "the"]
@@ -151,10 +159,112 @@ def test_the_token_is_required_when_set(service):
     assert post(f"{url}/search", {"vectors": vectors}).status_code == 401
     assert post(f"{url}/search", {"vectors": vectors}, token="wrong").status_code == 401
     assert requests.get(f"{url}/info", timeout=30).status_code == 401
+    for path in ("/docs", "/openapi.json", "/redoc"):  # what the API looks like is not told without the token
+        assert requests.get(f"{url}{path}", timeout=30).status_code == 401, path
+    assert requests.get(f"{url}/docs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).status_code == 200
     assert post(f"{url}/search", {"vectors": vectors}, token=TOKEN).status_code == 200
     assert SearchClient(url).healthz() == {"status": "ok"}  # health probes carry no token
     with pytest.raises(SearchError, match="HTTP 401"):
         SearchClient(url, token="wrong").search(vectors=vectors)
+
+
+def replica_pids(app: str, deployment: str) -> dict[str, int]:
+    """Actor name -> pid of the living replicas of one deployment."""
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+             if actor["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+    # __ray_call__ runs the function in the actor's process; a replica not yet started answers later.
+    pids = ray.get([ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: os.getpid())
+                    for name in names], timeout=60)
+    return dict(zip(names, pids))
+
+
+def test_a_killed_shard_replica_loses_no_request(service):
+    # One replica per deployment: requests that reach the killed one are asked again by the ingress, and Serve holds
+    # them until the replacement runs. Answers afterwards equal those before.
+    url, vectors = service["url"], service["query_vectors"]
+    client = SearchClient(url, token=TOKEN)
+    before = client.search(vectors=vectors, k=20), client.search(QUERIES, k=20)
+    failures, answered, stop = [], [], threading.Event()
+
+    def keep_asking():
+        asking = SearchClient(url, token=TOKEN)
+        while not stop.is_set():
+            try:
+                answered.append(asking.search(QUERIES[:1], k=5))
+            except Exception as error:  # every failure counts
+                failures.append(repr(error))
+
+    victims = replica_pids("search", "IndexShard1")
+    assert len(victims) == 1
+    workers = [threading.Thread(target=keep_asking) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        os.kill(next(iter(victims.values())), signal.SIGKILL)
+        killed_at, replaced = time.monotonic(), {}
+        while not replaced:
+            assert time.monotonic() - killed_at < 90, "no replacement replica within 90 s"
+            time.sleep(0.5)
+            replaced = {actor: pid for actor, pid in replica_pids("search", "IndexShard1").items()
+                        if actor not in victims}
+        served_before = len(answered)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert not failures and len(answered) > served_before, (failures[:3], served_before, len(answered))
+    assert (client.search(vectors=vectors, k=20), client.search(QUERIES, k=20)) == before
+
+
+def test_a_swap_to_a_missing_truncated_or_wrong_dimension_index_is_refused(service, tmp_path):
+    url, first, model, vectors = service["url"], service["first"], service["model"], service["query_vectors"]
+    client = SearchClient(url, token=TOKEN)
+    expected = client.search(vectors=vectors, k=10)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(first["index"], truncated)
+    with open(truncated / "index.faiss", "r+b") as file:
+        file.truncate(os.path.getsize(truncated / "index.faiss") // 2)
+    narrow = EmbeddingsWriter(tmp_path / "narrow-emb", EmbeddingsManifest(model=model, dim=16, kind="passages",
+                                                                          planned_shards=1))
+    narrow.write_shard(0, [f"x{i}" for i in range(20)], np.random.default_rng(0).random((20, 16), np.float32))
+    wrong_dimension = save_index(build_index(str(tmp_path / "narrow-emb"), progress=False), tmp_path / "narrow")
+    for bad, says in ((tmp_path / "nowhere", "nowhere"), (truncated, "not a readable FAISS index"),
+                      (wrong_dimension, "16-dimensional vectors but")):
+        deploy(swapped(service["config"], "search", index=str(bad)))
+        deadline = time.monotonic() + 60
+        while not client.info()["swap_errors"]:
+            assert time.monotonic() < deadline, f"the swap to {bad} was neither refused nor done within 60 s"
+            time.sleep(0.2)
+        info = client.info()
+        assert info["index"] == first["index"] and len(info["swap_errors"]) == 2, info
+        assert all(str(bad) in error and says in error for error in info["swap_errors"]), info["swap_errors"]
+        assert client.search(vectors=vectors, k=10) == expected  # the old index keeps answering
+        deploy(service["config"])  # the operator's roll back: the index served now, so nothing reloads
+        assert client.info()["swap_errors"] == []
+
+
+def test_a_one_minute_soak_has_no_error_and_flat_memory(service):
+    # benchmarks/soak.py for one minute at 10 requests/s (text and vector queries alternating); the 10-minute run on
+    # 100k passages is in the README.
+    from soak import RSS_GROWTH_LIMIT, soak
+
+    vectors = service["query_vectors"]
+    bodies = [json.dumps({"queries": [text], "k": 10}).encode() for text in QUERIES] + \
+        [json.dumps({"vectors": [vector.tolist()], "k": 10}).encode() for vector in vectors]
+    processes = {deployment: pid for deployment in ("Ingress", "QueryEncoder", "IndexShard0", "IndexShard1")
+                 for pid in replica_pids("search", deployment).values()}  # one replica each
+    result = soak(service["url"], bodies, processes, seconds=60, rate=10, window_s=20, warmup_s=5,
+                  headers={"Authorization": f"Bearer {TOKEN}"}, gcs_address=ray.get_runtime_context().gcs_address)
+    print({key: result[key] for key in ("requests", "errors", "p50_ms", "p99_ms", "rss_growth", "fds_growth",
+                                        "object_store_mib")})
+    assert result["requests"] == 600 and result["errors"] == 0, result["error_examples"]
+    assert all(growth <= RSS_GROWTH_LIMIT for growth in result["rss_growth"].values()), result["rss_growth"]
+    assert len(result["rss_growth"]) == len(processes) == 4
+    assert all(growth <= 2 for growth in result["fds_growth"].values()), result["fds_growth"]
+    start_store, end_store = result["object_store_mib"]
+    assert start_store is not None and end_store <= start_store + 1, result["object_store_mib"]
 
 
 def test_a_hot_swap_under_load_loses_no_request(service):

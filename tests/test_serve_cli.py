@@ -50,6 +50,21 @@ def wait_for_banner(log_path, process: subprocess.Popen, timeout: float = 120) -
         time.sleep(0.5)
 
 
+def haproxy_listening(command_pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the HAProxy processes under `command_pid` listen on."""
+    import psutil
+
+    listening = set()
+    for process in psutil.Process(command_pid).children(recursive=True):
+        try:
+            if process.name() == "haproxy" or "haproxy" in " ".join(process.cmdline()[:1]):
+                listening |= {(connection.laddr.ip, connection.laddr.port) for connection in
+                              process.net_connections("tcp") if connection.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            continue
+    return listening
+
+
 def test_raytev_serve_behind_haproxy_answers_like_the_in_process_search(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((300, 16)).astype("float32")
@@ -75,6 +90,10 @@ def test_raytev_serve_behind_haproxy_answers_like_the_in_process_search(tmp_path
             _, expected = search(str(tmp_path / "emb"), queries, 7)
             assert served == [[str(docid) for docid in row] for row in expected]
             assert requests.post(f"{url}/search", json={"vectors": queries.tolist()}, timeout=30).status_code == 401
+            # HAProxy's statistics page and metrics (Serve binds them to every interface) are on loopback only.
+            listening = haproxy_listening(process.pid)
+            assert {8404, 9101, port} <= {port for _, port in listening}, listening
+            assert {host for host, _ in listening} == {"127.0.0.1"}, listening
             wait_for_banner(tmp_path / "serve.log", process)  # HAProxy answers before Serve reports RUNNING
             printed = (tmp_path / "serve.log").read_text(errors="replace")  # each replica's memory, from its /proc
             for replica in ("IndexShard0", "Ingress"):

@@ -277,9 +277,11 @@ class ServeConfig(Options):
     batch_wait_timeout_s: float = option(0.0, "How long a replica waits for a batch to fill before running it (0: "
                                               "a batch is what queued while the last one ran, adding no latency).",
                                          at_least=0, swap="live")
-    num_replicas: int = option(1, "Replicas of the query encoder and of each shard (fixed; see --max_replicas).",
+    num_replicas: int = option(1, "Replicas of the query encoder, of each shard and of the ingress (fixed; see "
+                                  "--max_replicas). 2 keep answering while one is lost.",
                                at_least=1)
-    min_replicas: int = option(1, "Autoscaling: fewest replicas of the encoder and of each shard.", at_least=1)
+    min_replicas: int = option(1, "Autoscaling: fewest replicas of the encoder and of each shard (and the "
+                                  "ingress's count).", at_least=1)
     max_replicas: int = option(0, "Autoscaling: most replicas of the encoder and of each shard (0: no "
                                   "autoscaling).", at_least=0)
     target_ongoing_requests: float = option(16.0, "Autoscaling: ongoing requests per replica it aims for.")

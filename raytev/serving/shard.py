@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from ray import serve
 
+from raytev.errors import RaytevError
 from raytev.index.dense_index import DenseIndex
 from raytev.index.search import search
 from raytev.serving.app import MODEL_TAG
@@ -43,7 +44,14 @@ class IndexShard(VersionedBatchReplica[ShardPart, SearchCall, SearchAnswer]):
     def load(self, user_config: dict) -> ShardPart:
         """This shard's rows of the index the user_config names."""
         index, rows = load_part(user_config["index"], self.shard, self.num_shards)
-        return ShardPart(index, user_config["index"], user_config.get(MODEL_TAG) or "", rows)
+        model, current = user_config.get(MODEL_TAG) or "", self.held.versions.get()
+        if current is not None and current[1].model == model and current[1].index.info.dim != index.info.dim:
+            # Queries for the same model (or the same clients' vectors) would no longer fit: the swap is refused and
+            # the index served now keeps answering.
+            raise RaytevError(f"{user_config['index']} holds {index.info.dim}-dimensional vectors but "
+                              f"{current[1].location}, served now for the same model, holds "
+                              f"{current[1].index.info.dim}-dimensional ones: swap the model with its index.")
+        return ShardPart(index, user_config["index"], model, rows)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Apply batching and search settings now; load a new index (in the background once serving)."""
