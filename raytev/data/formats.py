@@ -57,6 +57,9 @@ class RecordChecker:
         if not isinstance(value, str):
             self.fail(name, f"must be a string, got {_type_name(value)}")
             return None
+        if not is_unicode(value):
+            self.fail(name, LONE_SURROGATE)
+            return None
         return value
 
     def identifier(self, *names: str, required: bool = True) -> str | None:
@@ -75,6 +78,9 @@ class RecordChecker:
             return None
         if isinstance(value, str) and not value.strip():
             self.fail(name, "is empty")
+            return None
+        if isinstance(value, str) and not is_unicode(value):
+            self.fail(name, LONE_SURROGATE)
             return None
         return str(value)
 
@@ -95,6 +101,21 @@ class RecordChecker:
             if self.record.get(name) is not None:
                 return name, self.record[name]
         return names[0], None
+
+
+# JSON escapes \ud800-\udfff left unpaired decode to strings that UTF-8 (Arrow, tokenizers) cannot hold.
+LONE_SURROGATE = "holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is not text: fix the escape"
+
+
+def is_unicode(text: str) -> bool:
+    """Whether a string can be written as UTF-8 (JSON escapes can make ones that cannot)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _type_name(value) -> str:
@@ -141,6 +162,9 @@ def _parse_answers(check: RecordChecker) -> list[str] | None:
     for index, answer in enumerate(answers):
         if not isinstance(answer, str):
             check.fail(f"answers[{index}]", f"must be a string, got {_type_name(answer)}")
+            return None
+        if not is_unicode(answer):
+            check.fail(f"answers[{index}]", LONE_SURROGATE)
             return None
     return answers
 

@@ -48,15 +48,26 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
 def iter_json_records(path: str | os.PathLike, problems: ProblemLog) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each JSON Lines record; bad lines are logged and skipped."""
     for line_number, line in iter_lines(path):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.add(str(path), line_number, f"invalid JSON: {error.msg} (column {error.colno})")
+        record, error = parse_json(line)
+        if error is not None:
+            problems.add(str(path), line_number, f"invalid JSON: {error}")
             continue
         if not isinstance(record, dict):
             problems.add(str(path), line_number, f"expected a JSON object, got {type(record).__name__}")
             continue
         yield line_number, record
+
+
+def parse_json(line: str) -> tuple[object, str | None]:
+    """(value, None) for a line of JSON, or (None, what is wrong with it)."""
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as error:
+        return None, f"{error.msg} (column {error.colno})"
+    except ValueError as error:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return None, str(error).split(";")[0]
+    except RecursionError:  # arrays or objects nested deeper than the parser recurses
+        return None, "nested too deeply"
 
 
 def iter_tsv_rows(path: str | os.PathLike, columns: tuple[int, ...], problems: ProblemLog,
@@ -65,9 +76,9 @@ def iter_tsv_rows(path: str | os.PathLike, columns: tuple[int, ...], problems: P
 
     `header` is the first field of a header row to skip (e.g. 'query-id' in BEIR qrels).
     """
-    for line_number, line in iter_lines(path):
+    for index, (line_number, line) in enumerate(iter_lines(path)):
         fields = line.split("\t")
-        if header is not None and line_number == 1 and fields[0].strip() == header:
+        if header is not None and index == 0 and fields[0].strip() == header:  # the first non-blank line
             continue
         if len(fields) not in columns:
             allowed = " or ".join(str(count) for count in columns)
@@ -81,10 +92,7 @@ def first_record(path: str | os.PathLike) -> dict | list[str] | None:
     for _, line in iter_lines(path):
         if is_tsv(path):
             return line.split("\t")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return None
+        record, _ = parse_json(line)
         return record if isinstance(record, dict) else None
     return None
 

@@ -24,9 +24,9 @@ class Judgement:
 def read_qrels(path: str | os.PathLike, problems: ProblemLog) -> list[Judgement]:
     """Every judgement of a BEIR (`query-id corpus-id score`) or TREC (`qid 0 docid rel`) qrels file."""
     judgements = []
-    for line_number, line in iter_lines(path):
+    for index, (line_number, line) in enumerate(iter_lines(path)):
         fields = line.split()
-        if line_number == 1 and tuple(fields) == BEIR_QRELS_HEADER:
+        if index == 0 and tuple(fields) == BEIR_QRELS_HEADER:  # the first non-blank line: blank ones may precede it
             continue
         if len(fields) == 3:
             query_id, docid, grade = fields

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from raytev.data.arrow_rows import ArrowRowWriter, read_arrow_rows, rewrite_arrow_batches
+from raytev.data.arrow_rows import ArrowRowWriter, count_arrow_rows, read_arrow_rows, rewrite_arrow_batches
 from raytev.data.formats import Passage, parse_corpus_record, parse_query_record, parse_training_group, passage_text
 from raytev.data.group_tokens import nest
 from raytev.data.qrels import read_qrels
@@ -111,7 +111,10 @@ def read_queries(records: RecordFiles, work_dir: Path, problems: ProblemLog) -> 
 
 def read_groups(records: RecordFiles, work_dir: Path, separator: str, problems: ProblemLog,
                 corpus: CorpusDocids | None) -> QueriesText:
-    """Validate Tevatron training groups; inline passages go to their own table, docids resolve to corpus rows."""
+    """Validate Tevatron training groups; inline passages go to their own table, docids resolve to corpus rows.
+
+    A query id may head several groups (each group is one training example), so repeated ids are kept.
+    """
     path, inline_path = work_dir / "queries-text.arrow", work_dir / "inline-passages-text.arrow"
     form: str | None = None  # "inline" or "corpus", fixed by the first valid group
     with ArrowRowWriter(path, GROUPS_TEXT_SCHEMA) as writer, \
@@ -174,13 +177,19 @@ def resolve_group_rows(path: Path, corpus: CorpusDocids, label: str, problems: P
 
 def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus: CorpusDocids, work_dir: Path,
                      negatives: NegativesConfig, problems: ProblemLog) -> QueriesText:
-    """Training groups from a BEIR split: its queries, positives from qrels, negatives from a run or random."""
+    """Training groups from a BEIR split: its queries, positives from qrels, negatives from a run or random.
+
+    Repeats are dropped: a query id listed twice keeps its first line, a document judged twice for a query (in
+    qrels) or retrieved twice (in the run) is one positive or negative.
+    """
     judgements = read_qrels(qrels_path, problems)
     known = report_unknown_docids(judgements, corpus, str(qrels_path), "corpus-id", problems)
     positives: dict[str, list[str]] = {}
     for judgement, is_known in zip(judgements, known):
         if is_known and judgement.relevance > 0:
-            positives.setdefault(judgement.query_id, []).append(judgement.docid)
+            docids = positives.setdefault(judgement.query_id, [])
+            if judgement.docid not in docids:  # a few positives per query: a list scan is cheap
+                docids.append(judgement.docid)
     run = read_run(negatives.run_file, problems) if negatives.run_file else None
 
     path = work_dir / "queries-text.arrow"
@@ -194,8 +203,8 @@ def read_beir_groups(queries: RecordFiles, qrels_path: Path, corpus: CorpusDocid
             positive_docids = positives[query.query_id]
             if run is not None:
                 excluded = set(positive_docids)
-                negative_docids = [entry.docid for entry in run.get(query.query_id, [])
-                                   if entry.docid not in excluded][:negatives.count]
+                ranked = dict.fromkeys(entry.docid for entry in run.get(query.query_id, []))  # repeats once
+                negative_docids = [docid for docid in ranked if docid not in excluded][:negatives.count]
             else:
                 negative_docids = random_negative_docids(query.query_id, positive_docids, corpus.docids, negatives)
             writer.append(query_id=query.query_id, text=query.text, answers=query.answers, line=line,
@@ -271,5 +280,22 @@ def read_source(source: DataSource, work_dir: Path, separator: str, negatives: N
             queries = read_groups(source.queries, work_dir, separator, problems, corpus)
         else:
             queries = read_queries(source.queries, work_dir, problems)
+    if not problems:
+        report_empty(source, corpus_file, queries, problems)
     problems.raise_if_any()
     return corpus_file, queries
+
+
+def report_empty(source: DataSource, corpus_file: Path | None, queries: QueriesText | None,
+                 problems: ProblemLog) -> None:
+    """A table with no rows is a problem: an empty file (or a split without positives) is a wrong path or a broken
+    download far more often than intended, and nothing downstream can train on or index it."""
+    if corpus_file is not None and not count_arrow_rows(corpus_file):
+        problems.add(source.corpus.label, None, "no passages: the file is empty, blank or only a header")
+    if queries is not None and not count_arrow_rows(queries.queries_file):
+        if source.qrels is not None:
+            problems.add(str(source.qrels), None, "no training groups: no query of the queries file has a relevant "
+                         "judgement (score above 0) in this split")
+        else:
+            kind = "training groups" if queries.has_groups else "queries"
+            problems.add(source.queries.label, None, f"no {kind}: the file is empty or blank")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,10 @@ def iter_run_batches(path: str | os.PathLike, problems: ProblemLog) -> Iterator[
 
 
 def _text_blocks(handle, path: str | os.PathLike) -> Iterator[pa.Array]:
-    """The file's lines, a block at a time (blank lines kept, so positions give line numbers)."""
+    """The file's lines, a block at a time (blank lines kept, so positions give line numbers).
+
+    A lone carriage return ends a line here, as Arrow reads CSV (old Mac files); line numbers count it so.
+    """
     try:
         reader = pa_csv.open_csv(
             handle, read_options=pa_csv.ReadOptions(column_names=["text"], block_size=READ_BLOCK_BYTES),
@@ -113,7 +117,10 @@ def _text_blocks(handle, path: str | os.PathLike) -> Iterator[pa.Array]:
             convert_options=pa_csv.ConvertOptions(column_types={"text": pa.string()}, strings_can_be_null=False))
         for block in reader:
             yield block.column(0)
-    except pa.ArrowInvalid as error:
+    except (pa.ArrowInvalid, gzip.BadGzipFile, EOFError, zlib.error) as error:
+        if "Empty CSV file" in str(error):  # no bytes (or a BOM alone): no queries, as for a file of blank lines
+            return
+        # Arrow passes on what the gzip reader raises: iter_lines reports those with their line.
         _raise_unreadable(path, error)
 
 
@@ -165,6 +172,11 @@ def _raise_unreadable(path: str | os.PathLike, error: Exception) -> None:
     """Arrow stopped on bytes it cannot read as text: find the line the way iter_lines reports it."""
     for _ in iter_lines(path):  # raises a located DataError for bad UTF-8 or gzip data
         pass
+    with open_binary(path) as handle:  # raw lines: iter_lines skips a line of only \x1f (Python calls it blank)
+        for line_number, raw in enumerate(handle, start=1):
+            if b"\x1f" in raw:  # the delimiter Arrow is given so that lines come whole: a line holding one splits
+                raise DataError([Problem(str(path), line_number, "a unit separator control character (\\x1f)")],
+                                "Remove it: run file columns are separated by spaces or tabs.") from None
     raise DataError([Problem(str(path), None, f"unreadable run file ({error})")],
                     "Check that it is a text run file (plain or .gz).") from None
 

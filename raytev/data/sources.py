@@ -110,8 +110,8 @@ class RecordFiles:
                 yield str(path), line, {"query_id": fields[0], "query": fields[1]}
             return
         names: list[str] | None = None
-        for line, fields in iter_tsv_rows(path, (2, 3), problems):
-            if line == 1 and all(value.strip().lower() in TSV_CORPUS_HEADER_NAMES for value in fields):
+        for index, (line, fields) in enumerate(iter_tsv_rows(path, (2, 3), problems)):
+            if index == 0 and all(value.strip().lower() in TSV_CORPUS_HEADER_NAMES for value in fields):
                 names = [TSV_CORPUS_HEADER_NAMES[value.strip().lower()] for value in fields]
                 continue
             columns = names or (["docid", "text"] if len(fields) == 2 else ["docid", "title", "text"])
