@@ -6,9 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_tiny_bert
+from test_index_build import write_embeddings
+from test_index_storage import mapped_file
 
 from raytev.config.fields import flag_fields, flag_type, to_flags
 from raytev.config.stages import ServeConfig
@@ -17,15 +23,26 @@ from raytev.index.build import build_index
 from raytev.index.search import search
 from raytev.index.storage import load_index, save_index
 from raytev.serving.agreed_versions import SwapInProgress, choose_versions
-from raytev.serving.app import (DEPLOYMENT_SWAPS, SWAPPABLE, application_config, config_from_args, serve_config,
-                                swapped, user_configs)
+from raytev.serving.app import (
+    DEPLOYMENT_SWAPS,
+    SWAPPABLE,
+    application_config,
+    config_from_args,
+    serve_config,
+    swapped,
+    user_configs,
+)
 from raytev.serving.http import make_api, token_digest
 from raytev.serving.parts import check_index, load_part, merge_shard_hits, row_range
 from raytev.serving.replica import BatchRunner, Versions
-from raytev.serving.validation import Limits, RequestError, check_dimension, parse_search_request
-from helpers import save_tiny_bert
-from test_index_build import write_embeddings
-from test_index_storage import mapped_file
+from raytev.serving.validation import (
+    FLOAT32_MAX,
+    NON_BLANK,
+    Limits,
+    RequestError,
+    check_dimension,
+    parse_search_request,
+)
 
 LIMITS = Limits(max_queries=4, max_k=50, max_body_bytes=2000)
 
@@ -189,14 +206,15 @@ class FakeService:
 
     async def search(self, query):
         self.seen.append(query)
+        check_dimension(query, 2)
         return [[{"docid": "d1", "score": 0.5}] for _ in range(len(query))]
 
     async def info(self):
         return {"dim": 2}
 
 
-def call(app, method, path, body=b"", headers=(), chunks=None):
-    """One request through an ASGI app, without a server: (status, JSON body)."""
+def call(app, method, path, body=b"", headers=(), chunks=None, root_path="", as_json=True):
+    """One request through an ASGI app, without a server: (status, JSON body, or the text with as_json=False)."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in (chunks or [])]
     messages.append({"type": "http.request", "body": body, "more_body": False})
     sent = []
@@ -211,12 +229,12 @@ def call(app, method, path, body=b"", headers=(), chunks=None):
     if chunks is None:
         header_list.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": header_list,
-             "server": ("test", 80), "client": ("test", 1)}
+             "path": path, "raw_path": path.encode(), "root_path": root_path, "query_string": b"",
+             "headers": header_list, "server": ("test", 80), "client": ("test", 1)}
     asyncio.run(app(scope, receive, send))
     status = next(message["status"] for message in sent if message["type"] == "http.response.start")
     payload = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
-    return status, json.loads(payload)
+    return status, json.loads(payload) if as_json else payload.decode()
 
 
 def test_the_http_layer_checks_token_size_and_input_before_searching():
@@ -242,6 +260,129 @@ def test_the_http_layer_checks_token_size_and_input_before_searching():
     assert len(service.seen) == 1
     schema = make_api(service, LIMITS).openapi()
     assert "SearchRequest" in json.dumps(schema["paths"]["/search"]["post"]["requestBody"])
+
+
+def search_body_schema(document):
+    return document["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
+class NoDimensionYet(FakeService):
+    async def info(self):
+        raise RequestError(503, "the index is being swapped; retry.")
+
+
+class Hanging(FakeService):
+    async def info(self):
+        await asyncio.sleep(60)
+
+
+def test_the_served_schema_states_the_limits_with_the_dimension_the_service_says_now(monkeypatch):
+    monkeypatch.setattr("raytev.serving.http.INFO_TIMEOUT_S", 0.05)
+    bearer = [("Authorization", "Bearer s3cret")]
+    app = make_api(FakeService(), LIMITS, token_digest("s3cret"))
+    # Behind the token like everything but /healthz: the document, the docs that fetch it.
+    assert call(app, "GET", "/openapi.json")[0] == 401 and call(app, "GET", "/docs", as_json=False)[0] == 401
+    status, document = call(app, "GET", "/openapi.json", headers=bearer)
+    assert status == 200 and document["components"]["securitySchemes"] == {"bearer": {"type": "http",
+                                                                                     "scheme": "bearer"}}
+    assert document["security"] == [{"bearer": []}] and document["paths"]["/healthz"]["get"]["security"] == []
+    body = search_body_schema(document)
+    texts, vectors = (body["properties"][name]["anyOf"][0] for name in ("queries", "vectors"))
+    assert body["additionalProperties"] is False and [branch["required"] for branch in body["oneOf"]] == [
+        ["queries"], ["vectors"]]
+    assert (texts["minItems"], texts["maxItems"], vectors["minItems"], vectors["maxItems"]) == (1, 4, 1, 4)
+    assert texts["items"]["minLength"] == 1 and texts["items"]["pattern"] == NON_BLANK
+    assert (vectors["items"]["minItems"], vectors["items"]["maxItems"]) == (2, 2)  # FakeService's dim
+    assert vectors["items"]["items"] == {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+    assert {key: body["properties"]["k"][key] for key in ("type", "minimum", "maximum")} == {
+        "type": "integer", "minimum": 1, "maximum": 50}
+    # While the service cannot say its dimension (swapping, or not answering in time), a vector has no length bound.
+    for service in (NoDimensionYet(), Hanging()):
+        status, document = call(make_api(service, LIMITS), "GET", "/openapi.json")
+        vector = search_body_schema(document)["properties"]["vectors"]["anyOf"][0]["items"]
+        assert status == 200 and vector["minItems"] == 1 and "maxItems" not in vector
+        assert "securitySchemes" not in document.get("components", {})
+    # Without a query encoder the schema takes vectors only, and not null.
+    vectors_only = FakeService()
+    vectors_only.text_queries = False
+    body = search_body_schema(call(make_api(vectors_only, LIMITS), "GET", "/openapi.json")[1])
+    assert body["properties"]["queries"]["type"] == "null" and body["required"] == ["vectors"]
+    assert body["properties"]["vectors"]["type"] == "array" and body["properties"]["vectors"]["maxItems"] == 4
+    # The docs fetch the document, also under a route prefix, where "Try it out" must call.
+    status, page = call(app, "GET", "/docs", headers=bearer, as_json=False)
+    assert status == 200 and "swagger-ui" in page and "'/openapi.json'" in page
+    status, page = call(app, "GET", "/raytev/redoc", headers=bearer, root_path="/raytev", as_json=False)
+    assert status == 200 and "/raytev/openapi.json" in page
+    status, document = call(app, "GET", "/raytev/openapi.json", headers=bearer, root_path="/raytev")
+    assert status == 200 and document["servers"] == [{"url": "/raytev"}]
+
+
+AGREEMENT = [  # (body, what it tests): each is schema-valid exactly when the service accepts it
+    ({"queries": ["a"]}, "texts"), ({"queries": ["a"], "vectors": None}, "the other one null"),
+    ({"vectors": [[1, 2.5]] * 4, "queries": None, "k": 50}, "the most vectors, the largest k"),
+    ({"vectors": [[FLOAT32_MAX, -FLOAT32_MAX]]}, "float32's extremes"), ({"queries": ["\ufeff"]}, "not whitespace"),
+    ({"queries": ["a"], "k": 5.0}, "an integral float is an integer in JSON Schema (was refused)"),
+    ({"queries": ["a"], "k": 1e1}, "so is 1e1"),
+    ({}, "neither (was schema-valid)"), ({"queries": None, "vectors": None}, "both null (was schema-valid)"),
+    ({"queries": ["a"], "vectors": [[1, 2]]}, "both"), ({"queries": []}, "no texts (was schema-valid)"),
+    ({"vectors": []}, "no vectors (was schema-valid)"), ({"queries": ["a"] * 5}, "too many (was schema-valid)"),
+    ({"queries": [""]}, "empty text (was schema-valid)"), ({"queries": ["a", " \t"]}, "blank text"),
+    ({"queries": ["\x1c\x85"]}, "whitespace only by Python's rule"), ({"queries": ["a"], "k": 0}, "k too small"),
+    ({"queries": ["a"], "k": 51}, "k too large"), ({"queries": ["a"], "k": 2.5}, "k not integral"),
+    ({"queries": ["a"], "k": "3"}, "k a string"), ({"queries": ["a"], "k": True}, "k a boolean"),
+    ({"vectors": [[1]]}, "too short"), ({"vectors": [[1, 2, 3]]}, "too long"), ({"vectors": [[]]}, "empty vector"),
+    ({"vectors": [[1, 2], [1]]}, "unequal lengths"), ({"vectors": [[1e39, 0]]}, "beyond float32"),
+    ({"vectors": [[0, -3.4028235e38]]}, "past float32's largest, though it rounds to it (was accepted)"),
+    ({"vectors": [[1, True]]}, "a boolean"), ({"vectors": [[1, None]]}, "a null"),
+    ({"queries": ["a"], "top": 3}, "an extra property"), ([1, 2], "not an object"), (None, "null"),
+]
+
+
+@pytest.mark.parametrize("body, why", AGREEMENT, ids=[why for _, why in AGREEMENT])
+def test_a_request_is_schema_valid_exactly_when_the_service_accepts_it(body, why):
+    import jsonschema_rs  # what schemathesis validates with
+
+    bearer = [("Authorization", "Bearer s3cret")]
+    for text_queries in (True, False):
+        service = FakeService()
+        service.text_queries = text_queries
+        app = make_api(service, LIMITS, token_digest("s3cret"))
+        schema = search_body_schema(call(app, "GET", "/openapi.json", headers=bearer)[1])
+        status, answer = call(app, "POST", "/search", json.dumps(body).encode(), bearer)
+        assert status in (200, 422), answer
+        assert jsonschema_rs.validator_for(schema).is_valid(body) == (status == 200), (text_queries, answer)
+
+
+def test_a_text_is_blank_by_the_same_rule_in_the_schema_and_the_service():
+    import jsonschema
+    import jsonschema_rs
+
+    # Every regex dialect reads the spelled-out class alike; "\S" does not (ECMA-262 and Rust call \ufeff
+    # whitespace and \x1c-\x1f, \x85 not, Python the other way round).
+    schema = search_body_schema(call(make_api(FakeService(), LIMITS), "GET", "/openapi.json")[1])
+    validators = [jsonschema_rs.validator_for(schema), jsonschema.Draft202012Validator(schema)]
+    for code in [*range(0x3001), 0xFEFF, 0x180E, 0x200B]:
+        body = {"queries": [chr(code)]}
+        try:
+            accepted = parse(body) is not None
+        except RequestError:
+            accepted = False
+        assert accepted is not chr(code).isspace(), hex(code)
+        assert [validator.is_valid(body) for validator in validators] == [accepted] * 2, hex(code)
+
+
+class Overflowing(FakeService):
+    async def search(self, query):
+        return [[{"docid": "a", "score": float("inf")}, {"docid": "b", "score": float("nan")},
+                 {"docid": "c", "score": 1.5}, {"docid": "d", "score": float("-inf")}]]
+
+
+def test_scores_beyond_float32_are_answered_saturated_not_as_a_server_error():
+    # Schema-valid numbers near float32's largest overflow the inner products (was 500: JSON has no infinity).
+    app = make_api(Overflowing(), LIMITS)
+    status, answer = call(app, "POST", "/search", json.dumps({"vectors": [[3e38, 3e38]]}).encode())
+    assert status == 200 and [(hit["docid"], hit["score"]) for hit in answer["results"][0]] == [
+        ("a", FLOAT32_MAX), ("c", 1.5), ("b", -FLOAT32_MAX), ("d", -FLOAT32_MAX)]
 
 
 def test_configs_carry_no_token_and_swaps_change_only_user_configs(tmp_path, monkeypatch):
@@ -384,17 +525,31 @@ def test_the_batch_runner_takes_everything_that_queued_meanwhile():
     assert all(isinstance(error, ValueError) for error in outcome)
 
 
-def test_the_http_front_follows_the_flag_then_the_environment_then_what_is_installed(monkeypatch):
+def test_the_http_front_follows_the_flag_then_the_environment_then_what_is_installed(monkeypatch, tmp_path):
     from raytev.serving import front
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(front, "haproxy_installed", lambda: True)
     assert front.chosen_front("proxy", {}) == "proxy" and front.chosen_front("haproxy", {}) == "haproxy"
     assert front.chosen_front("auto", {}) == "haproxy"
     assert front.chosen_front("auto", {front.HAPROXY_SWITCH: "0"}) == "proxy"  # an operator's choice stays
-    environ = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+    environ = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10", front.BINARY_ENV: "/opt/haproxy"}
     assert front.set_front_for_local_ray("auto", environ) == "haproxy"
+    wrapper = environ.pop(front.BINARY_ENV)
     assert environ == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10",
+                       "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+    # HAProxy runs through the wrapper that binds its statistics page and metrics to 127.0.0.1.
+    assert wrapper.startswith(str(tmp_path / "raytev" / "haproxy")) and os.access(wrapper, os.X_OK)
+    assert 'exec "/opt/haproxy" "$@"' in open(wrapper).read()
+    assert front.loopback_wrapper(wrapper) == Path(wrapper)  # never a wrapper of the wrapper
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("frontend prometheus\n    bind :9101\nlisten stats\n  bind *:8404\nfrontend http\n"
+                      "    bind 0.0.0.0:8000\n")
+    script = front.loopback_wrapper("/bin/true")  # the wrapper, with /bin/true in place of HAProxy
+    subprocess.run([str(script), "-db", "-f", str(config)], check=True)
+    assert config.read_text() == ("frontend prometheus\n    bind 127.0.0.1:9101\nlisten stats\n  bind 127.0.0.1:8404\n"
+                                  "frontend http\n    bind 0.0.0.0:8000\n")  # --host's bind stays as it is
     assert front.front_of_this_process(environ) == "haproxy"
     assert front.set_front_for_local_ray("proxy", environ) == "proxy"
     assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and front.front_of_this_process(environ) == "proxy"

@@ -5,20 +5,32 @@ No Ray here: the routes call a SearchService (the ingress deployment, or a stand
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
 import hmac
+import math
 from typing import Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from raytev import __version__
-from raytev.serving.schema import ErrorResponse, InfoResponse, SearchRequest, SearchResponse
-from raytev.serving.validation import Limits, RequestError, SearchQuery, parse_search_request
+from raytev.serving.schema import ErrorResponse, InfoResponse, SearchResponse
+from raytev.serving.validation import (
+    FLOAT32_MAX,
+    Limits,
+    RequestError,
+    SearchQuery,
+    parse_search_request,
+    search_request_schema,
+)
 
 OPEN_PATHS = ("/healthz",)  # answered without a token: probes of load balancers carry none, and it tells nothing
 RETRY_AFTER_S = 1  # a 503 says when to try again: a swap settles, or Serve replaces a lost replica, within seconds
+INFO_TIMEOUT_S = 5.0  # /openapi.json waits this long for the index's dimension, then states none
 
 
 class SearchService(Protocol):
@@ -40,9 +52,11 @@ def token_digest(token: str) -> str:
 
 def make_api(service: SearchService, limits: Limits, token_sha256: str | None = None) -> FastAPI:
     """The FastAPI app of the search service."""
-    api = FastAPI(title="raytev search", version=__version__,
+    # /openapi.json and the docs are routes of their own: the document states the dimension of the index served now.
+    api = FastAPI(title="raytev search", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
                   description="Dense retrieval over a FAISS index served with Ray Serve. Send query texts or "
-                              "vectors to /search; with a token set, send `Authorization: Bearer <token>`.")
+                              "vectors to /search; with a token set, send `Authorization: Bearer <token>`. A body "
+                              f"holds at most {limits.max_body_bytes:,} bytes.")
     api.add_middleware(RequestGuard, token_sha256=token_sha256, max_body_bytes=limits.max_body_bytes)
     errors = {status: {"model": ErrorResponse} for status in (400, 401, 413, 422, 503)}
 
@@ -63,11 +77,15 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
     # schema is declared for the OpenAPI document rather than as a FastAPI body parameter.
     @api.post("/search", response_model=SearchResponse, responses=errors,
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": SearchRequest.model_json_schema()}}}})
+                  "application/json": {"schema": search_request_schema(limits, None, service.text_queries)}}}})
     async def search(request: Request) -> JSONResponse:
         """Top-k passages for each query (texts or vectors)."""
         query = parse_search_request(await request.body(), limits, service.text_queries)
-        return JSONResponse({"results": await service.search(query)})
+        results = await service.search(query)
+        try:
+            return JSONResponse({"results": results})
+        except ValueError:  # a score overflowed float32 (huge query numbers), and JSON has no infinity or NaN
+            return JSONResponse({"results": finite_scores(results)})
 
     @api.get("/info", response_model=InfoResponse, responses=errors)
     async def info() -> JSONResponse:
@@ -79,7 +97,62 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
         """200 while the service answers."""
         return {"status": "ok"}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        """The OpenAPI document, /search's body with the dimension of the index served now when the service says."""
+        document = openapi_document(api.openapi(), search_request_schema(limits, await index_dim(service),
+                                                                        service.text_queries), token_sha256 is not None)
+        root = request.scope.get("root_path", "").rstrip("/")
+        if root:  # served under a route prefix: "Try it out" in /docs must call it there
+            document["servers"] = [{"url": root}]
+        return JSONResponse(document)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        """Swagger UI over /openapi.json."""
+        return get_swagger_ui_html(openapi_url=_under_root(request, "/openapi.json"), title=f"{api.title} - docs")
+
+    @api.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        """ReDoc over /openapi.json."""
+        return get_redoc_html(openapi_url=_under_root(request, "/openapi.json"), title=f"{api.title} - ReDoc")
+
     return api
+
+
+async def index_dim(service: SearchService) -> int | None:
+    """The dimension of the index served now; None while the service cannot say (loading, swapping, a replica lost)."""
+    try:
+        return int((await asyncio.wait_for(service.info(), INFO_TIMEOUT_S))["dim"])
+    except Exception:  # whatever keeps the service from saying, the document is still served, without a dimension
+        return None
+
+
+def openapi_document(generated: dict, search_body: dict, bearer: bool) -> dict:
+    """FastAPI's generated document (not changed) with /search's body schema and, with a token set, its scheme."""
+    document = copy.deepcopy(generated)
+    document["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"] = search_body
+    if bearer:
+        document.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+        for path in OPEN_PATHS:
+            for operation in document["paths"].get(path, {}).values():
+                operation["security"] = []
+    return document
+
+
+def finite_scores(results: list[list[dict]]) -> list[list[dict]]:
+    """Scores beyond float32 saturated at its largest magnitude, NaN (overflows of both signs) ranked last as -max."""
+    def finite(score: float) -> float:
+        return -FLOAT32_MAX if math.isnan(score) else max(-FLOAT32_MAX, min(FLOAT32_MAX, score))
+
+    return [sorted(({**hit, "score": finite(hit["score"])} for hit in hits), key=lambda hit: -hit["score"])
+            for hits in results]
+
+
+def _under_root(request: Request, path: str) -> str:
+    """A path of this app as the client must ask for it (Serve mounts an app under its route prefix)."""
+    return request.scope.get("root_path", "").rstrip("/") + path
 
 
 class BodyTooLarge(Exception):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _integral(value):
+    """A float without a fractional part (5.0, 1e2) as an int: JSON Schema's "integer" admits it, strict mode not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class SearchRequest(BaseModel):
@@ -12,7 +19,7 @@ class SearchRequest(BaseModel):
 
     queries: list[str] | None = Field(None, description="Query texts (needs a service started with a model).")
     vectors: list[list[float]] | None = Field(None, description="Query vectors of the index's dimension.")
-    k: int = Field(10, description="Hits per query.")
+    k: Annotated[int, BeforeValidator(_integral)] = Field(10, description="Hits per query.")
 
 
 class Hit(BaseModel):
