@@ -8,9 +8,10 @@ import signal
 import sys
 
 from raytev import __version__
+from raytev.config.fields import to_flags
 from raytev.config.flags import parse_flags
 from raytev.config.stages import STAGES, Stage
-from raytev.errors import RaytevError
+from raytev.errors import DiskFullError, user_error_of
 
 
 def top_level_parser() -> argparse.ArgumentParser:
@@ -61,6 +62,7 @@ def run_command(argv: list[str]) -> int:
         parser.parse_args(argv)
         parser.print_help()
         return 0
+    config = None
     try:
         config = parse_flags(stage.config, rest, f"raytev {stage.command}", stage.config.__doc__.strip())
         result = stage.function()(config)
@@ -69,9 +71,34 @@ def run_command(argv: list[str]) -> int:
         if wait is not None:
             wait()
         return 0
-    except RaytevError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        # A RaytevError, maybe inside Ray's task or Train errors, or a disk that filled up anywhere: one line.
+        user_error = user_error_of(error)
+        if user_error is None:
+            raise
+        if isinstance(user_error, DiskFullError) and config is not None:
+            user_error = user_error.naming(option_choosing(config, user_error.path))
+        print(f"error: {user_error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+
+
+def option_choosing(config, path: str | None) -> str | None:
+    """The flag of `config` whose path holds `path` (the longest one), as --name; None if none does.
+
+    A stage's side outputs are named after its output (`out.retrieval`, `out.shards`), so they count as its own.
+    """
+    if not path:
+        return None
+    written = os.path.abspath(os.path.expanduser(path))
+    best, length = None, 0
+    for name, value in to_flags(config).items():
+        if not isinstance(value, str) or not value or "://" in value:
+            continue
+        folder = os.path.abspath(os.path.expanduser(value))
+        holds = written == folder or written.startswith((folder + os.sep, folder + "."))
+        if holds and len(folder) > length:
+            best, length = f"--{name}", len(folder)
+    return best

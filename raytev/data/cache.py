@@ -16,12 +16,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytev.staging import staged_directory, write_json_file
+from raytev.staging import disk_full_as_error, staged_directory, write_json_file
 
 # Bump when the layout or the meaning of a column changes: old tables are then simply not found.
 CACHE_FORMAT = 2  # 2: tables carry a `row` column
 MANIFEST = "manifest.json"
 FILE_HASHES = "input-hashes.json"  # FileHashes' memo, beside the tables
+CACHE_OPTION = "--dataset_cache_dir"  # the flag that moves the cache (else $RAYTEV_CACHE_DIR)
 RACY_SECONDS = 2.0  # a file modified this recently is hashed but not remembered (see FileHashes)
 
 
@@ -85,8 +86,9 @@ class FileHashes:
         entries, which then are only hashed again."""
         if self._changed:
             memo = {path: entry for path, entry in self._memo.items() if os.path.exists(path)}
-            self.memo_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json_file(self.memo_file, memo, indent=1, sort_keys=True)
+            with disk_full_as_error(self.memo_file, CACHE_OPTION):
+                self.memo_file.parent.mkdir(parents=True, exist_ok=True)
+                write_json_file(self.memo_file, memo, indent=1, sort_keys=True)
             self._changed = False
 
 
@@ -188,6 +190,8 @@ class CacheTransaction:
         self._created_dirs = [parent for parent in [self.cache_dir, *self.cache_dir.parents] if not parent.exists()]
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._stack.__enter__()
+        # Entered first, so it names the cache folder once the tables' folders are cleaned up.
+        self._stack.enter_context(disk_full_as_error(self.cache_dir, CACHE_OPTION))
         return self
 
     def new_table(self, kind: str, table_fingerprint: str) -> Path:
@@ -203,10 +207,12 @@ class CacheTransaction:
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._stack.__exit__(exc_type, exc, tb)
-        if exc_type is not None:
-            for directory in self._created_dirs:  # innermost first
-                try:
-                    directory.rmdir()
-                except OSError:
-                    break
+        try:
+            self._stack.__exit__(exc_type, exc, tb)
+        finally:
+            if exc_type is not None:
+                for directory in self._created_dirs:  # innermost first
+                    try:
+                        directory.rmdir()
+                    except OSError:
+                        break

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import pickle
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,7 +88,16 @@ class EmbeddingsWriter:
     def __init__(self, directory: str | os.PathLike, manifest: EmbeddingsManifest, overwrite: bool = False,
                  replace_other_runs: bool = False):
         self.directory = Path(directory)
+        created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(manifest, overwrite, replace_other_runs)
+        except BaseException:
+            if created:  # an empty folder under the output name would read as an encoding that never started
+                shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def _start(self, manifest: EmbeddingsManifest, overwrite: bool, replace_other_runs: bool) -> None:
         existing = read_manifest(self.directory)
         if existing is not None and replace_other_runs and not existing.same_run(manifest):
             overwrite = True
@@ -120,6 +130,17 @@ class EmbeddingsWriter:
                               f"{SHARED_PATH_HELP.format(directory=self.directory)}")
         self.manifest.shards[name] = rows
         write_json_file(self.directory / MANIFEST, asdict(self.manifest), indent=1, sort_keys=True)
+
+    def remove_unfinished_files(self) -> list[Path]:
+        """Delete temporary shard files that no writer will finish; return them. Only once no writer runs.
+
+        A writer killed mid-shard (SIGKILL, a lost node, the OOM killer) leaves its temporary file behind: its shard
+        is written again under a new name, and nothing else would ever remove the old one.
+        """
+        leftovers = sorted(self.directory.glob(".shard-*.parquet.*.tmp"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
 
 
 def check_shared_folder(directory: str | os.PathLike) -> None:

@@ -83,7 +83,10 @@ def encode(config: EncodeConfig, model: ResolvedModel | None = None) -> EncodeRe
                               replace_other_runs=config.replace_other_runs)
     todo = {index: ranges[index] for index in range(len(ranges)) if index not in writer.finished()}
     run = run_actor_pool if config.actors.num_actors > 0 else run_in_process
-    encoded = run(table, todo, writer, model, config, data.encode_is_query) if todo else 0
+    try:
+        encoded = run(table, todo, writer, model, config, data.encode_is_query) if todo else 0
+    finally:
+        writer.remove_unfinished_files()  # the writers are gone, done or killed: no temporary shard is finished
     if config.output_format == "tevatron-pickle":
         ids, vectors = load_embeddings(str(shards_dir))
         write_tevatron_pickle(output, vectors, ids.tolist())

@@ -23,6 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from raytev.data.collate import TrainingCollator
 from raytev.data.feed import iter_training_batches
+from raytev.errors import is_disk_full
 from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.training_step import grad_cache_step, gradient_sync, micro_batches, plain_step, unwrap
@@ -218,6 +219,7 @@ class TrainingLog:
     def __init__(self, plan: TrainingPlan, rank: int):
         self.plan, self.rank = plan, rank
         self.verbose = plan.config.cluster.verbose
+        self.progress = plan.progress
         self._reset()
 
     def _reset(self) -> None:
@@ -243,10 +245,21 @@ class TrainingLog:
             state.log.append(entry)
             self._reset()
         if self.rank == 0:
-            if self.plan.progress is not None:
-                self.plan.progress.put_nowait({"step": state.step, **({"loss": entry["loss"]} if entry else {})})
+            if self.progress is not None:
+                self.report_progress({"step": state.step, **({"loss": entry["loss"]} if entry else {})})
             if entry is not None and self.verbose:
                 print(format_entry(entry, self.plan.total_steps), flush=True)
+
+    def report_progress(self, update: dict) -> None:
+        """Send an update to the driver's bar; if the bar's queue actor is gone, stop sending and train on.
+
+        The bar is only a display: its actor lost with its node must not fail this worker, nor every restart after
+        it (restarted workers get the same dead handle).
+        """
+        try:
+            self.progress.put_nowait(update)
+        except ray.exceptions.RayActorError:
+            self.progress = None
 
 
 def format_entry(entry: dict, total_steps: int) -> str:
@@ -292,7 +305,15 @@ def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: C
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as temporary:
         write(Path(temporary))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(temporary), checkpoint_dir_name=name)
+        try:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(temporary),
+                             checkpoint_dir_name=name)
+        except Exception as error:
+            # Ray copies the files into the checkpoint's final name: a disk that filled up midway left half of
+            # it there, which nothing would ever resume from or remove.
+            if plan.run_dir and is_disk_full(error):
+                shutil.rmtree(Path(plan.run_dir) / name, ignore_errors=True)
+            raise
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

@@ -21,10 +21,14 @@ class TrainingProgress:
         self._stop = threading.Event()
 
     def __enter__(self) -> TrainingProgress:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # The queue's actor takes no CPU: it must not wait for one behind the training workers.
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        # The queue's actor takes no CPU: it must not wait for one behind the training workers. It lives on the
+        # driver's node (as Ray Train's controller does): on a worker node it would die with that node.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.bar = progress_bar(total=self.total_steps, initial=self.initial_step, desc="Training", unit=" steps")
         self._thread = threading.Thread(target=self._follow, daemon=True, name="raytev-training-progress")
         self._thread.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,5 +99,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not run_dir.is_dir():
         return None
     complete = [(int(match.group(1)), path) for path in run_dir.iterdir()
-                if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / STATE_FILE).is_file()]
+                if (match := CHECKPOINT_PATTERN.match(path.name)) and is_complete_checkpoint(path)]
     return max(complete)[1] if complete else None
+
+
+def is_complete_checkpoint(directory: Path) -> bool:
+    """Whether a checkpoint folder has its trainer state, whole (a copy cut short leaves it empty or cut)."""
+    try:
+        read_trainer_state(directory)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def remove_incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the checkpoint folders of a run that lack a whole trainer state; return them. Only once no worker
+    writes (after a failed run): an interrupted copy would otherwise stay under a checkpoint's final name."""
+    if not run_dir.is_dir():
+        return []
+    incomplete = sorted(path for path in run_dir.iterdir()
+                        if CHECKPOINT_PATTERN.match(path.name) and not is_complete_checkpoint(path))
+    for path in incomplete:
+        shutil.rmtree(path, ignore_errors=True)
+    return incomplete

@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,10 @@ from raytev.config.stages import TrainConfig
 from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, ResolvedModel, resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.data.sentence_transformers_files import WRITTEN_ENTRIES, write_sentence_transformers_files
-from raytev.errors import RaytevError
-from raytev.staging import publish_contents
+from raytev.errors import RaytevError, user_error_of
+from raytev.staging import disk_full_as_error, publish_contents
 from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for, training_warnings
-from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state
+from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state, remove_incomplete_checkpoints
 
 LOG_FILE = "train_log.jsonl"
 ARGS_FILE = "training_args.json"
@@ -107,34 +109,37 @@ def train(config: TrainConfig) -> TrainResult:
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
     cpus = cpus_per_worker(training.num_workers, cluster.use_gpu or cluster.use_tpu, training.cpus_per_worker)
-    with TrainingProgress(total_steps, previous.step if resume_from else 0) as progress:
-        trainer_class, loop = backend_trainer(config.backend.backend)
-        trainer = trainer_class(
-            loop,
-            train_loop_config={"plan": dataclasses.replace(plan, progress=progress.queue)},
-            scaling_config=scaling_config(training.num_workers, cluster, cpus),
-            run_config=ray.train.RunConfig(
-                name=run_name, storage_path=storage_path,
-                failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
-            datasets={"train": dataset}, dataset_config=ordered_ingest(),
-        )
-        try:
-            result = trainer.fit()
-        except ray.train.WorkerGroupError as error:
-            raise_user_error_of(error)
-            raise
-    if result.checkpoint is None:
-        raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
-    with result.checkpoint.as_directory() as final:
-        state = read_trainer_state(Path(final))
-        # The export records the lengths and EOS it was trained with, so that it is used with them again.
-        settings = dataclasses.replace(model.settings, query_max_len=model.query_max_len,
-                                       passage_max_len=model.passage_max_len,
-                                       append_eos_token=model.append_eos_token)
-        export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
-    if config.lora.save_merged_model:
-        export_merged_model(output_dir, model)
+    with cleaned_up_on_failure(output_dir, run_dir):
+        with TrainingProgress(total_steps, previous.step if resume_from else 0) as progress, \
+                disk_full_as_error(run_dir or storage_path):
+            trainer_class, loop = backend_trainer(config.backend.backend)
+            trainer = trainer_class(
+                loop,
+                train_loop_config={"plan": dataclasses.replace(plan, progress=progress.queue)},
+                scaling_config=scaling_config(training.num_workers, cluster, cpus),
+                run_config=ray.train.RunConfig(
+                    name=run_name, storage_path=storage_path,
+                    failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+                    checkpoint_config=ray.train.CheckpointConfig(num_to_keep=training.save_total_limit)),
+                datasets={"train": dataset}, dataset_config=ordered_ingest(),
+            )
+            try:
+                result = trainer.fit()
+            except Exception as error:
+                raise_user_error_of(error)
+                raise
+        if result.checkpoint is None:
+            raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
+        with disk_full_as_error(output_dir):
+            with result.checkpoint.as_directory() as final:
+                state = read_trainer_state(Path(final))
+                # The export records the lengths and EOS it was trained with, so that it is used with them again.
+                settings = dataclasses.replace(model.settings, query_max_len=model.query_max_len,
+                                               passage_max_len=model.passage_max_len,
+                                               append_eos_token=model.append_eos_token)
+                export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
+            if config.lora.save_merged_model:
+                export_merged_model(output_dir, model)
     hub_url = finish_export(config, output_dir, run_dir, storage_path, run_name)
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
@@ -172,12 +177,28 @@ def scaling_config(num_workers: int, cluster, cpus: float | None):
                                    resources_per_worker=resources or None)
 
 
-def raise_user_error_of(error) -> None:
-    """If a worker failed on a RaytevError (bad data or settings), raise that instead of Ray's wrapper."""
-    for failure in error.worker_failures.values():
-        original = getattr(failure, "cause", failure)
-        if isinstance(original, RaytevError):
-            raise RaytevError(str(original)) from None
+def raise_user_error_of(error: Exception) -> None:
+    """If a worker failed on a RaytevError (bad data or settings) or on a full disk, raise that instead of Ray's
+    wrapper."""
+    user_error = user_error_of(error)
+    if user_error is not None:
+        raise user_error from None
+
+
+@contextmanager
+def cleaned_up_on_failure(output_dir: Path, run_dir: Path | None) -> Iterator[None]:
+    """On an error inside: remove checkpoints cut short, and output_dir itself when this run made it and left
+    nothing to resume from (no empty folder under the model's name)."""
+    created = not output_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if run_dir is not None:
+            remove_incomplete_checkpoints(run_dir)
+        if created and (run_dir is None or latest_checkpoint(run_dir) is None) \
+                and not (output_dir / SETTINGS_FILE).exists():
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
 
 
 def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
