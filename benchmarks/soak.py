@@ -60,7 +60,7 @@ def object_store_mib(gcs_address: str | None) -> float | None:
 
 
 def gcs_address_of(command_pid: int) -> str | None:
-    """The GCS address of the Ray that the process `command_pid` started (from gcs_server's command line)."""
+    """The GCS address of the Ray that the process `command_pid` started (from its daemons' command lines)."""
     import psutil
 
     for process in psutil.Process(command_pid).children(recursive=True):
@@ -68,9 +68,9 @@ def gcs_address_of(command_pid: int) -> str | None:
             line = " ".join(process.cmdline())
         except psutil.Error:
             continue
-        match = re.search(r"gcs_server .*--gcs_server_port=(\d+)", line)
+        match = re.search(r"--gcs-address=(\S+)", line)
         if match:
-            return f"127.0.0.1:{match.group(1)}"
+            return match.group(1)
     return None
 
 

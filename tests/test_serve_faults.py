@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 from ray.exceptions import ActorDiedError, ActorUnavailableError
-from test_serve_units import call
+from test_serve_units import exchange
 
 from raytev.serving.http import make_api
 from raytev.serving.ingress import SearchIngress
@@ -63,26 +63,6 @@ def test_a_search_on_a_lost_replica_is_asked_again_and_answered():
 def test_a_replica_lost_on_every_try_gets_a_503_with_retry_after():
     service = ingress([ActorDiedError() for _ in range(10)])
     api = make_api(service, Limits(max_queries=4, max_k=10))
-    status, answer = call(api, "POST", "/search", json.dumps({"vectors": [[1.0, 0.0]], "k": 2}).encode())
-    assert status == 503 and "replica of the service was lost (ActorDiedError)" in answer["error"]
-    headers = asyncio.run(_headers(api))
-    assert headers.get("retry-after") == "1"
-
-
-async def _headers(api) -> dict:
-    """The response headers of a vector search on `api`."""
-    body = json.dumps({"vectors": [[1.0, 0.0]], "k": 2}).encode()
-    sent = []
-
-    async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/search", "raw_path": b"/search", "root_path": "", "query_string": b"",
-             "headers": [(b"content-length", str(len(body)).encode())], "server": ("t", 80), "client": ("t", 1)}
-    await api(scope, receive, send)
-    start = next(message for message in sent if message["type"] == "http.response.start")
-    return {name.decode(): value.decode() for name, value in start["headers"]}
+    status, headers, body = exchange(api, "POST", "/search", json.dumps({"vectors": [[1.0, 0.0]], "k": 2}).encode())
+    assert status == 503 and headers["retry-after"] == "1"
+    assert "replica of the service was lost (ActorDiedError)" in json.loads(body)["error"]

@@ -215,6 +215,12 @@ class FakeService:
 
 def call(app, method, path, body=b"", headers=(), chunks=None, root_path="", as_json=True):
     """One request through an ASGI app, without a server: (status, JSON body, or the text with as_json=False)."""
+    status, _, payload = exchange(app, method, path, body, headers, chunks, root_path)
+    return status, json.loads(payload) if as_json else payload.decode()
+
+
+def exchange(app, method, path, body=b"", headers=(), chunks=None, root_path=""):
+    """One request through an ASGI app, without a server: (status, response headers lower-cased, body bytes)."""
     messages = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in (chunks or [])]
     messages.append({"type": "http.request", "body": body, "more_body": False})
     sent = []
@@ -232,9 +238,9 @@ def call(app, method, path, body=b"", headers=(), chunks=None, root_path="", as_
              "path": path, "raw_path": path.encode(), "root_path": root_path, "query_string": b"",
              "headers": header_list, "server": ("test", 80), "client": ("test", 1)}
     asyncio.run(app(scope, receive, send))
-    status = next(message["status"] for message in sent if message["type"] == "http.response.start")
+    start = next(message for message in sent if message["type"] == "http.response.start")
     payload = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
-    return status, json.loads(payload) if as_json else payload.decode()
+    return start["status"], {name.decode(): value.decode() for name, value in start["headers"]}, payload
 
 
 def test_the_http_layer_checks_token_size_and_input_before_searching():
