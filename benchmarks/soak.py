@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,7 +126,17 @@ def soak(url: str, bodies: list[bytes], processes: dict[str, int], seconds: floa
     headers = {"Content-Type": "application/json", **(headers or {})}
     asyncio.run(fixed_rate(url, bodies, rate, warmup_s, headers))  # mapped pages and lazy state settle first
     start_state, start_store = process_state(processes), object_store_mib(gcs_address)
+    sampled, done = [], threading.Event()
+
+    def sample() -> None:  # each window's RSS: growth that levels off differs from a leak
+        while not done.wait(window_s):
+            sampled.append({name: state["rss_mib"] for name, state in process_state(processes).items()})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     outcomes = asyncio.run(fixed_rate(url, bodies, rate, seconds, headers))
+    done.set()
+    sampler.join()
     end_state, end_store = process_state(processes), object_store_mib(gcs_address)
     latencies = np.array([outcome[1] for outcome in outcomes]) * 1000
     growth = {name: round(end_state[name]["rss_mib"] / start_state[name]["rss_mib"], 4)
@@ -135,7 +146,7 @@ def soak(url: str, bodies: list[bytes], processes: dict[str, int], seconds: floa
             "error_examples": sorted({f"{o[2]}: {o[3]}" for o in outcomes if o[2] != 200})[:3],
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1), "windows": windows(outcomes, window_s),
-            "start": start_state, "end": end_state, "rss_growth": growth,
+            "start": start_state, "end": end_state, "rss_growth": growth, "rss_mib_by_window": sampled,
             "fds_growth": {name: end_state[name]["fds"] - start_state[name]["fds"] for name in processes
                            if start_state[name]["fds"] is not None and end_state[name]["fds"] is not None},
             "object_store_mib": [start_store, end_store]}
@@ -166,6 +177,9 @@ def main() -> None:
     for row in result["windows"]:
         print(f"  {row['from_s']:5d} s  {row['requests']:6d} requests  {row['errors']} errors  "
               f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms", flush=True)
+    for name in result["start"]:
+        print(f"  {name:<16} RSS by window (MiB): "
+              f"{' '.join(str(window[name]) for window in result['rss_mib_by_window'])}", flush=True)
     for name in result["start"]:
         start, end = result["start"][name], result["end"][name]
         print(f"  {name:<16} RSS {start['rss_mib']} -> {end['rss_mib']} MiB (x{result['rss_growth'].get(name)}), own "
