@@ -325,6 +325,7 @@ def test_a_checkpoint_on_a_full_disk(tiny, small_disk, ray_session, capsys, work
     small_disk.leave(16 * PAGE)  # less than the model's weights
     assert main(command) == 1
     assert "--output_dir" in one_error_line(capsys.readouterr().err, output / "checkpoints")
-    assert left_behind(small_disk.path) == []
-    small_disk.free_up()
-    assert main(command) == 0 and (output / "raytev_model.json").is_file()
+    assert left_behind(small_disk.path) == []  # a cut copy left here made the next run crash on its empty state
+    if workers == "0":  # the re-run is the same code either way; CI time goes to the Ray Train failure above
+        small_disk.free_up()
+        assert main(command) == 0 and (output / "raytev_model.json").is_file()

@@ -255,7 +255,7 @@ def test_a_one_minute_soak_has_no_error_and_flat_memory(service):
         [json.dumps({"vectors": [vector.tolist()], "k": 10}).encode() for vector in vectors]
     processes = {deployment: pid for deployment in ("Ingress", "QueryEncoder", "IndexShard0", "IndexShard1")
                  for pid in replica_pids("search", deployment).values()}  # one replica each
-    result = soak(service["url"], bodies, processes, seconds=60, rate=10, window_s=20, warmup_s=5,
+    result = soak(service["url"], bodies, processes, seconds=60, rate=10, window_s=20, warmup_s=2,
                   headers={"Authorization": f"Bearer {TOKEN}"}, gcs_address=ray.get_runtime_context().gcs_address)
     print({key: result[key] for key in ("requests", "errors", "p50_ms", "p99_ms", "rss_growth", "fds_growth",
                                         "object_store_mib")})
