@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -39,8 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, write_result  # noqa: E402
 from data_prepare_scale import MODEL, make_beir_folder, run_measured  # noqa: E402
-from serve_load import closed_loop, free_port  # noqa: E402
-from serve_memory import replica_processes, stop_service, wait_until_serving  # noqa: E402
+from serve_load import closed_loop  # noqa: E402
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 IVF_PQ = "IVF1024,PQ16"
@@ -103,26 +101,21 @@ def first_queries(query_reps: Path, count: int, folder: Path) -> Path:
 def serve(index: Path, corpus: Path, model: Path, queries: list[str], work: Path, clients: int,
           seconds: float) -> dict:
     """`raytev serve` of `index` in 2 shards with the corpus and the model: start time, QPS and replica memory."""
+    import served_index  # imported here: it builds on this module
+
     from raytev.machine import process_memory
 
-    port, log = free_port(), work / "serve.log"
-    command = raytev_command("serve", index=index, num_shards=2, corpus=corpus, model_name_or_path=model,
-                             address="local", port=port, app_name="raytev")
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=work,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    service = served_index.start({"index": index, "corpus": corpus, "model": model}, work, timeout=3600,
+                                 num_shards=2)
     try:
-        start_seconds = wait_until_serving(url, process, log, timeout=3600)
         bodies = [json.dumps({"queries": [text], "k": 10}).encode() for text in queries]
-        asyncio.run(closed_loop(f"{url}/search", bodies[:clients], clients, 3.0))  # warm
-        load = asyncio.run(closed_loop(f"{url}/search", bodies, clients, seconds))
-        memory = {name: asdict(process_memory(pid)) for name, pid in replica_processes(process.pid).items()}
+        asyncio.run(closed_loop(f"{service.url}/search", bodies[:clients], clients, 3.0))  # warm
+        load = asyncio.run(closed_loop(f"{service.url}/search", bodies, clients, seconds))
+        memory = {name: asdict(process_memory(pid)) for name, pid in service.replicas().items()}
     finally:
-        stop_service(process)
-    printed = [line for line in log.read_text(errors="replace").splitlines() if "RSS " in line]
-    return {"start_seconds": round(start_seconds, 1), "load": load, "replicas": memory, "printed": printed}
+        service.stop()
+    printed = [line for line in service.log.read_text(errors="replace").splitlines() if "RSS " in line]
+    return {"start_seconds": round(service.start_seconds, 1), "load": load, "replicas": memory, "printed": printed}
 
 
 def run_size(size: int, args, model: Path) -> dict:

@@ -78,8 +78,9 @@ class Service:
         stop_service(self.process)
 
 
-def start(paths: dict, work: Path, **flags) -> Service:
-    """`raytev serve` of the flat index with the corpus and the model, on a free loopback port."""
+def start(paths: dict, work: Path, timeout: float = 600, **flags) -> Service:
+    """`raytev serve` of the index with the corpus and the model, on a free loopback port (paths: "index", "corpus",
+    "model")."""
     port, log = free_port(), work / "serve.log"
     command = raytev_command("serve", index=paths["index"], corpus=paths["corpus"], model_name_or_path=paths["model"],
                              address="local", port=port, app_name=APP, **flags)
@@ -89,7 +90,7 @@ def start(paths: dict, work: Path, **flags) -> Service:
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        seconds = wait_until_serving(url, process, log, timeout=600)
+        seconds = wait_until_serving(url, process, log, timeout=timeout)
     except BaseException:
         stop_service(process)
         raise

