@@ -108,10 +108,10 @@ def in_loop(args, corpus: Path) -> float:
     """docs/s of the encoding actor's BatchEncoder over the same shards of the same token table, in a plain loop."""
     from raytev.config.fields import from_flags
     from raytev.config.stages import EncodeConfig
-    from raytev.data.model_folder import resolve_model
     from raytev.data.prepare import prepare_data
     from raytev.encoding.batch_encoder import BatchEncoder
     from raytev.encoding.encoder import shard_ranges
+    from raytev.model.resolved import resolve_model
 
     flags = {**whole_process_flags(args, corpus), "encode_output_path": "unused"}
     config = from_flags(EncodeConfig, flags, "benchmark")
@@ -166,7 +166,7 @@ def raytev_config(args, actors: int, bf16: bool, scratch: Path, backend: str = "
                   devices: int = 1) -> tuple[float, float]:
     """(docs/s, nDCG@10) of `raytev encode` with this many actors, precision and backend."""
     import raytev
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     label = corpus_label(actors, bf16, backend, devices)
     flags = dict(model_name_or_path=MODEL, dataset_name="scifact", dataset_split="test", passage_max_len=args.max_len,
@@ -225,7 +225,7 @@ def compare_configurations(args, labels: list[str], scratch: Path) -> dict:
     import numpy as np
     import ray
 
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     results = {"sentence-transformers fp32 (peer)": peer(args)}
     differences = {}

@@ -236,7 +236,7 @@ def check_faiss_gpu(context: Context):
     """A flat inner-product index on the GPU: the same top-k ids as faiss on the CPU (ties aside), and both speeds."""
     import numpy as np
 
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
     from raytev.index.faiss_setup import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:

@@ -39,9 +39,10 @@ def measure_one(grad_cache: bool, args) -> dict:
 
     prepared = raytev.prepare(dataset_name="scifact", model_name_or_path=MODEL, passage_max_len=args.max_len)
     rows = prepared.queries.read().slice(0, args.batch)
-    batch = TrainingCollator.for_table(prepared.queries, TrainingSection(train_group_size=args.group), seed=42)(
+    arrays = TrainingCollator.for_table(prepared.queries, TrainingSection(train_group_size=args.group), seed=42)(
         {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names
          if isinstance(rows.column(name).type, pa.ListType) or name == "query_id"})
+    batch = {name: torch.from_numpy(array) for name, array in arrays.items()}
     model = DenseModel.from_pretrained(resolve_model_path(MODEL), temperature=0.05).train()
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     baseline = psutil.Process().memory_info().rss

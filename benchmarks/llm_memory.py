@@ -44,11 +44,11 @@ def measure_one(size: str, config: str, passage_len: int, args) -> dict:
     from transformers import LlamaConfig, LlamaModel
 
     from raytev.config.sections import LoraSection, TrainingSection
-    from raytev.data.model_folder import DenseModelSettings
+    from raytev.model.settings import DenseModelSettings
     from raytev.modeling.adapters import add_lora
     from raytev.modeling.dense import DenseModel
     from raytev.modeling.training_step import plain_step
-    from raytev.training.loop import build_optimizer
+    from raytev.training.torch_backend import build_optimizer
 
     lora, checkpointing = CONFIGS[config]
     torch.manual_seed(0)

@@ -272,7 +272,7 @@ def final_weights(output_dir: Path) -> dict[str, np.ndarray]:
 
 def encode_faults(cluster: Cluster, work: Path, worker: str, passages: int, rows_per_shard: int) -> tuple[dict, str]:
     """(b): an uninterrupted encoding, then one whose worker node is killed once its first shard is written."""
-    from raytev.data.embeddings import load_embeddings, read_manifest
+    from raytev.encoding.embeddings import load_embeddings, read_manifest
 
     model = work / "model" if (work / "model").is_dir() else save_tiny_bert(work / "model")
     words = ["small", "cat", "dog", "animal", "barks", "the", "of", "and", "query", "passage"]

@@ -53,7 +53,7 @@ def tiny_model(folder: Path) -> Path:
     from transformers import BertConfig, BertModel
 
     from raytev.bundled import resolve_model_path
-    from raytev.data.model_folder import DenseModelSettings
+    from raytev.model.settings import DenseModelSettings
 
     torch.manual_seed(0)
     # Weights drawn with std 1 (not BERT's 0.02) and normalized CLS vectors: at 0.02 every passage's vector was
@@ -88,7 +88,7 @@ def step(results: dict, name: str, command: list[str], work: Path) -> None:
 
 def first_queries(query_reps: Path, count: int, folder: Path) -> Path:
     """An embeddings folder of the first `count` query vectors of `query_reps`."""
-    from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings
+    from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings
 
     ids, vectors = load_embeddings(str(query_reps))
     shutil.rmtree(folder, ignore_errors=True)

@@ -56,7 +56,7 @@ def ivf_pq(rows: int, dim: int) -> tuple[str, str, str]:
 
 def synthetic(folder: Path, rows: int, queries: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     """Write the synthetic corpus as embedding shards into `folder`; return the query vectors."""
-    from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+    from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((1000, dim)) / np.sqrt(dim)
@@ -131,7 +131,7 @@ def scifact(args: argparse.Namespace) -> tuple[str, np.ndarray, int, int] | None
     if not args.scifact_embeddings:
         print("SciFact: skipped (no --scifact_embeddings given)")
         return None
-    from raytev.data.embeddings import find_shards, load_embeddings
+    from raytev.encoding.embeddings import find_shards, load_embeddings
 
     shards = find_shards(args.scifact_embeddings)
     rows = sum(shard.manifest.shards[shard.path.name] if shard.manifest else len(shard.read()[0]) for shard in shards)

@@ -150,7 +150,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
     from raytev.serving.app import config_from_args, serve_config, swapped
     from raytev.serving.front import set_front_for_local_ray
     from raytev.serving.service import deploy

@@ -51,7 +51,7 @@ def prepare(work: Path, rows: int, dim: int, text_bytes: int) -> dict:
         return paths
     from helpers import save_tiny_bert
 
-    from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+    from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
     from raytev.index.build import build_index
     from raytev.index.storage import save_index
 

@@ -48,7 +48,7 @@ def build(work: Path, passages: int, words_per_passage: int = 60) -> dict:
 
 def query_bodies(paths: dict, count: int, k: int = 10) -> list[bytes]:
     """`count` request bodies alternating text queries (the train queries' texts) and vector queries (their vectors)."""
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     texts = [json.loads(line)["text"] for _, line in zip(range(count), open(paths["folder"] / "queries.jsonl"))]
     _, vectors = load_embeddings(str(paths["queries"]))

@@ -16,7 +16,7 @@
 # 1_Pooling/config.json says last-token pooling, whose modules.json ends with Normalize, and whose
 # config_sentence_transformers.json holds the query prompt "Instruct: Given a web search query, retrieve relevant
 # passages that answer the query\nQuery:" and an empty document prompt; raytev reads all three from the folder
-# (raytev/data/model_folder.py) and saves them with the fine-tuned model, which the encode stage reads. No
+# (raytev/model/) and saves them with the fine-tuned model, which the encode stage reads. No
 # --append_eos_token either: the model's tokenizer ends every text with <|endoftext|> itself
 # (QwenLM/Qwen3-Embedding issue 54: "an EOS token is automatically added at the end"), while its tokenizer's
 # eos_token is another token, <|im_end|> (issue 122 there), which the flag would append after it. Lengths are

@@ -146,7 +146,7 @@ def make_config(config_class, **flags):
 def resolved(model_path, **flags):
     """The ResolvedModel a stage would make from these model/text flags."""
     from raytev.config.stages import PrepareConfig
-    from raytev.data.model_folder import resolve_model
+    from raytev.model.resolved import resolve_model
 
     config = make_config(PrepareConfig, model_name_or_path=str(model_path), **flags)
     return resolve_model(config.model, config.text)

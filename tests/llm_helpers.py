@@ -111,8 +111,8 @@ def optimizer_state(rank: int, world_size: int, folder: Path, out_dir: Path, mod
 
     from raytev.config.sections import TrainingSection
     from raytev.modeling.training_step import plain_step
-    from raytev.training.loop import build_optimizer
     from raytev.training.sharding import load_sharded_optimizer, save_sharded_optimizer, shard_model
+    from raytev.training.torch_backend import build_optimizer
 
     model = shard_model(build_model(folder, lora=True))
     optimizer = build_optimizer(model, TrainingSection(learning_rate=1e-2))

@@ -10,7 +10,7 @@ from modeling_helpers import batch_slice, gradients, toy_batch
 
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.training_step import plain_step, unwrap
-from raytev.training.loop import wrap_for_training
+from raytev.training.torch_backend import wrap_for_training
 
 MODEL_OPTIONS = dict(pooling="mean", normalize=True, temperature=0.1)
 GLOBAL_BATCH = dict(num_queries=4, group_size=3, seed=21)
@@ -48,12 +48,12 @@ def jax_sgd_step(folder: str, untied: bool, batch: dict, devices=None):
     import optax
 
     from raytev.config.sections import TrainingSection
-    from raytev.data.model_folder import DenseModelSettings
+    from raytev.model.resolved import resolve_folder
     from raytev.tevax.retriever import load_retriever
     from raytev.tevax.steps import data_mesh, host_copy, make_train_step, place_batch, replicate
     from raytev.tevax.train_state import RetrieverTrainState
 
-    retriever, params = load_retriever(folder, DenseModelSettings(untied=untied, **MODEL_OPTIONS))
+    retriever, params = load_retriever(resolve_folder(folder, untied=untied, **MODEL_OPTIONS))
     mesh = data_mesh(devices)
     optimizer = optax.sgd(1.0)
     state = replicate(RetrieverTrainState.create(params, optimizer, seed=5), mesh)
@@ -66,7 +66,7 @@ def jax_one_step(config: dict) -> None:
     """jax_sgd_step on this worker's half of JAX_BATCH over the global mesh; rank 0 saves the result."""
     import pickle
 
-    from raytev.training.jax_loop import start_jax
+    from raytev.training.jax_backend import start_jax
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()

@@ -115,12 +115,13 @@ def test_collator_lays_out_groups_positive_first():
     }
     collator = TrainingCollator(GroupSampler(train_group_size=3, seed=5), pad_token_id=0)
     out = collator(batch)
+    assert all(isinstance(array, np.ndarray) and array.dtype == np.int64 for array in out.values())  # either backend
     assert out["query_input_ids"].shape == (2, 8) and out["passage_input_ids"].shape == (6, 8)
     passages = out["passage_input_ids"]
     assert passages[0, :2].tolist() == [10, 10] and passages[3, 0].item() == 20
     assert {passages[1, 0].item(), passages[2, 0].item()} <= {11, 12, 13}
     assert {passages[4, 0].item(), passages[5, 0].item()} == {21, 22}
-    assert out["passage_attention_mask"].sum(dim=1).tolist()[:1] == [2]
+    assert out["passage_attention_mask"].sum(axis=1).tolist()[:1] == [2]
     later = collator.for_epoch(1)(batch)["passage_input_ids"]
     # qa has 3 negatives and takes 2 an epoch, so its window moves; qb's 2 negatives are all it has.
     assert later[1:3, 0].tolist() != passages[1:3, 0].tolist()

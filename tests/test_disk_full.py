@@ -16,7 +16,7 @@ import pytest
 from helpers import make_tiny_beir, save_tiny_bert, toy_training_groups, write_jsonl
 
 from raytev.cli import main
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings
 from raytev.errors import DiskFullError, RaytevError, disk_full_error, user_error_of
 from raytev.staging import disk_full_as_error, staged_directory, staged_file
 from raytev.training.state import STATE_FILE, latest_checkpoint, remove_incomplete_checkpoints

@@ -9,8 +9,8 @@ from helpers import make_config, resolved, save_tiny_bert, save_tiny_sentence_tr
 
 from raytev.config.sections import DataSection
 from raytev.config.stages import EncodeConfig
-from raytev.data.embeddings import load_embeddings, read_manifest, read_tevatron_pickle
 from raytev.data.prepare import prepare_data
+from raytev.encoding.embeddings import load_embeddings, read_manifest, read_tevatron_pickle
 from raytev.encoding.encoder import encode, shard_ranges
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel

@@ -23,10 +23,10 @@ import pytest
 from helpers import make_config, save_tiny_bert, write_jsonl
 
 from raytev.config.stages import EncodeConfig
-from raytev.data.embeddings import load_embeddings, read_manifest
+from raytev.encoding.embeddings import load_embeddings, read_manifest
 from raytev.encoding.encoder import encode
-from raytev.training.loop import TrainingLog
 from raytev.training.state import TrainerState
+from raytev.training.worker import TrainingLog
 
 pytestmark = pytest.mark.slow
 

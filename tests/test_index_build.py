@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, find_shards
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, find_shards
 from raytev.errors import RaytevError
 from raytev.index.build import (
     build_index,

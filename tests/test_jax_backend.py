@@ -21,7 +21,7 @@ from ray_train_probe import JAX_BATCH, jax_one_step, jax_sgd_step
 from test_training import TINY, final_weights, kill_a_worker_once_a_checkpoint_is_registered, logged_steps
 
 import raytev
-from raytev.data.embeddings import load_embeddings
+from raytev.encoding.embeddings import load_embeddings
 
 jax = pytest.importorskip("jax")
 pytestmark = pytest.mark.slow
@@ -52,10 +52,10 @@ def test_jax_trainer_on_two_workers_with_two_devices_each_equals_one_process(ray
     for got, expected in zip(distributed, reference, strict=True):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
     # The step moved the weights (SGD with lr 1: new = old - gradient), so equal results compare real gradients.
-    from raytev.data.model_folder import DenseModelSettings
+    from raytev.model.resolved import resolve_folder
     from raytev.tevax.retriever import load_retriever
 
-    initial = jax.tree.leaves(load_retriever(str(folder), DenseModelSettings())[1])
+    initial = jax.tree.leaves(load_retriever(resolve_folder(str(folder)))[1])
     moved = sum(float(np.abs(np.asarray(before) - after).max()) > 1e-6 for before, after in zip(initial, reference))
     assert moved > 0.8 * len(reference)
 

@@ -26,7 +26,7 @@ from raytev.errors import RaytevError
 from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.training_step import grad_cache_step, micro_batches, plain_step
-from raytev.training.loop import build_optimizer, train_step
+from raytev.training.torch_backend import TorchTrainState, build_optimizer, train_step
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,8 @@ def test_accumulation_averages_the_micro_batches_own_contrastive_gradients(llama
     scheduler = SimpleNamespace(step=lambda: None)
     plan = SimpleNamespace(training=SimpleNamespace(gradient_accumulation_steps=3, max_grad_norm=0),
                            config=SimpleNamespace(precision=SimpleNamespace(dtype_name=None)))
-    loss = train_step(model, batch, torch.device("cpu"), plain_step, optimizer, scheduler, None, plan)
+    state = TorchTrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    loss = train_step(state, batch, plain_step, plan)
     assert_gradients_meaningful(reference)
     assert max_gradient_difference(reference, captured) <= 1e-5  # float32 sums in another order
     whole_batch = DenseModel.from_pretrained(str(llama), **MODEL_OPTIONS).train()
@@ -250,7 +251,7 @@ def test_accumulation_is_warned_about(llama, tmp_path):
 def test_a_saved_model_says_whether_texts_end_with_eos(llama, tmp_path):
     import shutil
 
-    from raytev.data.model_folder import DenseModelSettings
+    from raytev.model.settings import DenseModelSettings
 
     folder = shutil.copytree(llama, tmp_path / "model")
     DenseModelSettings(pooling="last", append_eos_token=True, query_max_len=20, passage_max_len=40).save(folder)

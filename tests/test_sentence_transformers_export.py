@@ -23,16 +23,17 @@ from helpers import (
 )
 
 from raytev.config.stages import TrainConfig
-from raytev.data.model_folder import (
-    DenseModelSettings,
-    model_max_seq_length,
-    resolve_settings,
-    sentence_transformers_defaults,
-)
-from raytev.data.sentence_transformers_files import WRITTEN_ENTRIES, write_sentence_transformers_files
 from raytev.data.tokenize import TextTokenizer, pad_token_id
 from raytev.encoding.batch_encoder import BatchEncoder
 from raytev.errors import RaytevError
+from raytev.model.resolved import resolve_folder
+from raytev.model.sentence_transformers import (
+    WRITTEN_ENTRIES,
+    model_max_seq_length,
+    sentence_transformers_defaults,
+    write_sentence_transformers_files,
+)
+from raytev.model.settings import DenseModelSettings
 from raytev.modeling.dense import DenseModel
 from raytev.training.hub import push_model
 from raytev.training.state import MODEL_DIR
@@ -41,8 +42,6 @@ from raytev.training.trainer import export_model, finish_export
 MAX_SEQ_LENGTH = 16  # short enough that LONG is truncated: the length must reach sentence-transformers too
 LONG = "the small dog barks and the cat " * 6
 TEXTS = ["what is a cat", "a small animal", LONG, "dog", "the dog of the cat barks", "query passage animal"]
-NO_OVERRIDES = {name: None for name in ("pooling", "normalize", "temperature", "untied", "query_prefix",
-                                        "passage_prefix")}
 MEAN_PROMPTED = DenseModelSettings(pooling="mean", normalize=True, query_prefix="query: ", passage_prefix="passage: ")
 CLS_PLAIN = DenseModelSettings(pooling="cls", normalize=False, query_prefix="q ", passage_prefix="")
 LAST_TOKEN = DenseModelSettings(pooling="last", normalize=True, query_prefix="instruct: find ",
@@ -99,7 +98,7 @@ def test_raytev_reads_the_files_back_as_the_settings_they_were_written_from(tmp_
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32}))
     assert write_sentence_transformers_files(tmp_path, settings, 200)
     # No raytev_model.json here: the sentence-transformers files alone give the settings back.
-    assert resolve_settings(str(tmp_path), NO_OVERRIDES) == settings
+    assert resolve_folder(str(tmp_path)).settings == settings
     assert sentence_transformers_defaults(str(tmp_path)) == {
         "pooling": settings.pooling, "normalize": settings.normalize, "query_prefix": settings.query_prefix,
         "passage_prefix": settings.passage_prefix}
@@ -257,7 +256,7 @@ def test_a_trained_minilm_folder_gives_raytevs_vectors_in_sentence_transformers(
 
     import raytev
     from raytev.bundled import resolve_model_path
-    from raytev.data.embeddings import load_embeddings
+    from raytev.encoding.embeddings import load_embeddings
 
     out = tmp_path / "minilm"
     raytev.train(model_name_or_path="sentence-transformers/all-MiniLM-L6-v2", output_dir=str(out),

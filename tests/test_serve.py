@@ -20,13 +20,13 @@ import requests
 from helpers import free_port, save_tiny_bert, write_jsonl
 
 from raytev.config.sections import DataSection, ModelSection
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
-from raytev.data.model_folder import resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.encoding.batch_encoder import BatchEncoder
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
 from raytev.index.build import build_index
 from raytev.index.search import search
 from raytev.index.storage import save_index
+from raytev.model.resolved import resolve_model
 from raytev.serving import SearchClient, SearchError
 from raytev.serving.app import config_from_args, serve_config, swapped
 from raytev.serving.service import deploy

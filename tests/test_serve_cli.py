@@ -16,7 +16,7 @@ import pytest
 import requests
 from helpers import free_port
 
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
 from raytev.index.search import search
 
 pytestmark = pytest.mark.slow

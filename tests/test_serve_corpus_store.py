@@ -9,11 +9,11 @@ import random
 import pytest
 from helpers import write_jsonl
 
-from raytev.data import corpus_store as store_module
-from raytev.data.corpus_store import CorpusStore, corpus_files, corpus_store
+from raytev.serving import corpus_store as store_module
 from raytev.data.reading import read_passages
 from raytev.data.sources import RecordFiles
 from raytev.errors import DataError, ProblemLog, RaytevError
+from raytev.serving.corpus_store import CorpusStore, corpus_files, corpus_store
 
 # Multi-byte UTF-8 (2, 3 and 4 bytes), upper and lower case, digits, punctuation: byte order != naive expectations.
 ALPHABET = ["a", "B", "z", "Z", "0", "~", "-", "é", "ß", "ÿ", "Ā", "日本", "😀"]

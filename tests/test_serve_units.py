@@ -462,9 +462,9 @@ def sentence_transformers_folder(folder):
 
 def test_a_served_text_query_is_encoded_with_the_models_own_query_prompt(tmp_path):
     from raytev.config.sections import ModelSection
-    from raytev.data.model_folder import resolve_model
     from raytev.data.tokenize import pad_token_id
     from raytev.encoding.batch_encoder import BatchEncoder
+    from raytev.model.resolved import resolve_model
     from raytev.serving.encoder import load_query_model
 
     folder = sentence_transformers_folder(tmp_path / "st-model")

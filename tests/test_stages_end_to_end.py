@@ -10,8 +10,8 @@ import pytest
 from helpers import make_tiny_beir, save_tiny_bert
 
 from raytev.cli import main
-from raytev.data.embeddings import load_embeddings
 from raytev.data.runs import read_run
+from raytev.encoding.embeddings import load_embeddings
 from raytev.errors import ProblemLog
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_pipeline_writes_every_stage_and_metrics(pipeline_output, capsys):
 
 def test_search_and_shard_search_reproduce_the_pipeline_run(pipeline_output, tmp_path, monkeypatch):
     import raytev.index.search as searching
-    from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+    from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
 
     out = pipeline_output["out"]
     expected = rankings(out / "run.txt")
@@ -120,7 +120,7 @@ def test_ann_index_command_and_mismatched_queries(pipeline_output, tmp_path, cap
                  str(tmp_path / "hnsw"), "--index_factory", "HNSW8"]) == 0
     assert json.loads((tmp_path / "hnsw" / "index.json").read_text())["spec"] == "HNSW8"
     # Queries of another dimension are refused with the reason, and no run is written.
-    from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter
+    from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter
 
     writer = EmbeddingsWriter(tmp_path / "q7", EmbeddingsManifest(model="other", dim=7, kind="queries",
                                                                   planned_shards=1))

@@ -20,8 +20,8 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp
 from flax import nnx
 
-from raytev.data.model_folder import DenseModelSettings
 from raytev.errors import RaytevError
+from raytev.model.resolved import resolve_folder
 from raytev.modeling.dense import DenseModel
 from raytev.tevax.hf_folder import encoder_tensors, load_encoder, save_encoder
 from raytev.tevax.retriever import DualParams, load_retriever
@@ -77,12 +77,11 @@ def test_minilm_embeddings_match_the_torch_retriever():
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     texts = ["what causes cell death", "Apoptosis is programmed cell death in multicellular organisms.", "a"]
     encoded = tokenizer(texts, padding=True, return_tensors="np")
-    settings = DenseModelSettings(pooling="mean", normalize=True)
     torch_model = DenseModel.from_pretrained(minilm_path, pooling="mean", normalize=True).eval()
     with torch.no_grad():
         expected = torch_model.encode_passage(torch.tensor(encoded["input_ids"]),
                                               torch.tensor(encoded["attention_mask"])).numpy()
-    retriever, params = load_retriever(minilm_path, settings)
+    retriever, params = load_retriever(resolve_folder(minilm_path, pooling="mean", normalize=True))
     got = retriever.embed_passages(params, jnp.asarray(encoded["input_ids"]), jnp.asarray(encoded["attention_mask"]))
     assert np.abs(np.asarray(got) - expected).max() <= 1e-4
 
@@ -96,7 +95,7 @@ def test_loss_and_gradients_equal_the_torch_dense_models(tmp_path, untied):
                        passage={"input_ids": batch["passage_input_ids"],
                                 "attention_mask": batch["passage_attention_mask"]}).loss
     loss.backward()
-    retriever, params = load_retriever(str(folder), DenseModelSettings(untied=untied, **SETTINGS))
+    retriever, params = load_retriever(resolve_folder(str(folder), untied=untied, **SETTINGS))
     jax_loss, grads = jax.jit(lambda p, b: plain_loss_and_grads(retriever, p, b, None))(params, numpy_batch(batch))
     np.testing.assert_allclose(float(jax_loss), loss.item(), rtol=1e-4)
 
@@ -151,7 +150,7 @@ def test_four_devices_give_one_devices_loss_and_gradients(tmp_path, untied=False
     # The test that catches gradients N x too large (a device-local loss differentiated, then averaged).
     assert len(jax.devices()) >= 4, "tests run with JAX_NUM_CPU_DEVICES=4 (tests/conftest.py)"
     folder = save_tiny_bert(tmp_path / "bert", dropout=0.1, seed=6)
-    retriever, params = load_retriever(str(folder), DenseModelSettings(untied=untied, **SETTINGS))
+    retriever, params = load_retriever(resolve_folder(str(folder), untied=untied, **SETTINGS))
     batch = numpy_batch(toy_batch(num_queries=8, group_size=2, seed=3))
     key = jax.random.key(7)  # dropout on: the per-row keys make the masks the same on 1 and 4 devices
     with jax.enable_x64(True):
@@ -164,7 +163,7 @@ def test_four_devices_give_one_devices_loss_and_gradients(tmp_path, untied=False
 
 def test_grad_cache_equals_the_plain_step_with_dropout_on(tmp_path, untied=True):
     folder = save_tiny_bert(tmp_path / "bert", dropout=0.1, seed=7)
-    retriever, params = load_retriever(str(folder), DenseModelSettings(untied=untied, **SETTINGS))
+    retriever, params = load_retriever(resolve_folder(str(folder), untied=untied, **SETTINGS))
     batch = numpy_batch(toy_batch(num_queries=8, group_size=3, seed=4))
     key = jax.random.key(11)
     with jax.enable_x64(True):
@@ -194,7 +193,7 @@ def test_the_schedule_is_the_torch_paths():
 
 def test_a_saved_folder_loads_in_transformers_with_the_pooler_kept(tmp_path):
     source = save_tiny_bert(tmp_path / "bert", seed=8)
-    retriever, params = load_retriever(str(source), DenseModelSettings(**SETTINGS))
+    retriever, params = load_retriever(resolve_folder(str(source), **SETTINGS))
     retriever.save_pretrained(tmp_path / "saved", params, tiny_tokenizer())
     original, saved = AutoModel.from_pretrained(source), AutoModel.from_pretrained(tmp_path / "saved")
     saved_state = saved.state_dict()
@@ -208,7 +207,7 @@ def test_a_saved_folder_loads_in_transformers_with_the_pooler_kept(tmp_path):
 
 def test_untied_and_sharded_saves_round_trip(tmp_path):
     source = save_tiny_bert(tmp_path / "bert", seed=9)
-    retriever, params = load_retriever(str(source), DenseModelSettings(untied=True, **SETTINGS))
+    retriever, params = load_retriever(resolve_folder(str(source), untied=True, **SETTINGS))
     assert isinstance(params, DualParams)
     params = DualParams(params.query_encoder, jax.tree.map(lambda leaf: leaf + 1.0, params.passage_encoder))
     retriever.save_pretrained(tmp_path / "untied", params)
@@ -217,7 +216,7 @@ def test_untied_and_sharded_saves_round_trip(tmp_path):
     got = torch_model.passage_encoder.state_dict()["encoder.layer.0.output.dense.weight"].numpy()
     expected = np.asarray(params.passage_encoder["encoder"]["layer"][0]["output"]["dense"]["kernel"].get_value()).T
     np.testing.assert_array_equal(got, expected)
-    again, params_again = load_retriever(str(tmp_path / "untied"), torch_model.settings)
+    again, params_again = load_retriever(resolve_folder(str(tmp_path / "untied")))
     for loaded, saved in zip(jax.tree.leaves(params_again), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(loaded), np.asarray(saved))
 

@@ -1,4 +1,5 @@
-"""Batches for the model: each query's group sampled for the epoch, token lists padded to the batch's longest."""
+"""Batches for the model: each query's group sampled for the epoch, token lists padded to the batch's longest, as
+numpy arrays that either backend takes (torch wraps them without a copy)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from raytev.config.sections import TrainingSection
 from raytev.data.cache import TokenTable
@@ -47,19 +47,17 @@ class TrainingCollator:
         """The same collator sampling for another epoch."""
         return dataclasses.replace(self, epoch=epoch)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs for a batch of rows from a prepared queries table."""
         passages = []
         for query_id, positives, negatives in zip(batch["query_id"], batch["positive_input_ids"],
                                                   batch["negative_input_ids"]):
             passages.extend(self.sampler.sample(str(query_id), positives, negatives, self.epoch))
-        tensors = {}
+        arrays = {}
         for prefix, sequences in (("query", batch["input_ids"]), ("passage", passages)):
-            input_ids, attention_mask = pad_token_lists(sequences, self.pad_token_id, self.pad_to_multiple_of,
-                                                        self.padding_side)
-            tensors[f"{prefix}_input_ids"] = torch.from_numpy(input_ids)
-            tensors[f"{prefix}_attention_mask"] = torch.from_numpy(attention_mask)
-        return tensors
+            arrays[f"{prefix}_input_ids"], arrays[f"{prefix}_attention_mask"] = pad_token_lists(
+                sequences, self.pad_token_id, self.pad_to_multiple_of, self.padding_side)
+        return arrays
 
     @classmethod
     def for_table(cls, queries: TokenTable, training: TrainingSection, seed: int, epoch: int = 0) -> TrainingCollator:

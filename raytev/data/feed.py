@@ -1,11 +1,11 @@
-"""Ray Data over the token cache: training groups streamed from Parquet shards into padded torch batches."""
+"""Ray Data over the token cache: training groups streamed from Parquet shards into padded numpy batches."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import ray
-import torch
 
 from raytev.data.cache import TokenTable
 from raytev.data.collate import TrainingCollator
@@ -47,7 +47,7 @@ def ordered_ingest():
 
 def iter_training_batches(data, collator: TrainingCollator, batch_size: int, steps: int | None = None, skip: int = 0,
                           shuffle_buffer: int | None = None, shuffle_seed: int | None = None
-                          ) -> Iterator[dict[str, torch.Tensor]]:
+                          ) -> Iterator[dict[str, np.ndarray]]:
     """Padded model batches from a Ray Dataset or a Train worker's shard of one (`get_dataset_shard`).
 
     Partial batches are dropped, so all workers run the same number of steps with equal shapes; at most `steps`

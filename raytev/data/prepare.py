@@ -21,12 +21,12 @@ from raytev.data.cache import (
     file_fingerprint,
     fingerprint,
 )
-from raytev.data.model_folder import ResolvedModel, resolve_model
 from raytev.data.reading import NegativesConfig, count_list_items, read_source
 from raytev.data.sources import DataSource, resolve_source
 from raytev.data.token_tables import write_corpus_table, write_queries_table
 from raytev.data.tokenize import TextTokenizer, pad_token_id, tokenizer_fingerprint
 from raytev.errors import ProblemLog, RaytevError
+from raytev.model.resolved import ResolvedModel, resolve_model
 
 
 @dataclass

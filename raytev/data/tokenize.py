@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from raytev.data.arrow_rows import count_arrow_rows, iter_arrow_chunks
-from raytev.data.model_folder import TOKENIZER_FILES, ResolvedModel
 from raytev.errors import RaytevError
+from raytev.model.files import TOKENIZER_FILES
+from raytev.model.resolved import ResolvedModel
 
 TOKENS = pa.list_(pa.int32())
 TOKENS_SCHEMA = pa.schema([("input_ids", TOKENS)])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from raytev.data.model_folder import ResolvedModel
+from raytev.data.collate import pad_token_lists
+from raytev.model.resolved import ResolvedModel
 
 
 class BatchEncoder:
@@ -28,8 +29,6 @@ class BatchEncoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Vectors for a batch of rows, returned in the rows' order."""
-        from raytev.data.collate import pad_token_lists  # here: collate imports torch, which a driver never needs
-
         token_lists = batch["input_ids"]
         # Longest first: similar lengths share a forward pass, and memory peaks at the start if at all.
         order = np.argsort([-len(tokens) for tokens in token_lists], kind="stable")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from raytev.config.stages import EncodeConfig
 from raytev.data.cache import TokenTable
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, write_tevatron_pickle
-from raytev.data.model_folder import ResolvedModel, resolve_model
 from raytev.data.prepare import prepare_data
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, write_tevatron_pickle
 from raytev.errors import RaytevError
+from raytev.model.resolved import ResolvedModel, resolve_model
 from raytev.progress import progress_bar
 
 # Shards are the unit actors take as well as the unit a rerun resumes from: an input smaller than PARALLEL_SHARDS full

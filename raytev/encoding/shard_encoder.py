@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from raytev.data.embeddings import check_shared_folder, write_shard_file
 from raytev.encoding.batch_encoder import BatchEncoder
+from raytev.encoding.embeddings import check_shared_folder, write_shard_file
 
 
 class ShardEncoder:

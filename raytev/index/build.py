@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytev.data.embeddings import EmbeddingShard, find_shards
+from raytev.encoding.embeddings import EmbeddingShard, find_shards
 from raytev.errors import RaytevError
 from raytev.index.dense_index import DenseIndex, IndexInfo, set_parameters
 from raytev.index.faiss_setup import faiss

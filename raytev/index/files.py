@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from raytev.config.stages import IndexConfig, SearchConfig
-from raytev.data.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, read_tevatron_pickle
 from raytev.data.runs import write_run
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, read_tevatron_pickle
 from raytev.index.build import build_index
 from raytev.index.dense_index import IndexInfo
 from raytev.index.search import search, shard_search

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from raytev.data.embeddings import find_shards
+from raytev.encoding.embeddings import find_shards
 from raytev.errors import RaytevError
 from raytev.index.build import index_shards
 from raytev.index.dense_index import DenseIndex, set_parameters

@@ -11,22 +11,13 @@ import torch.nn.functional as F
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from raytev.data.model_folder import (
-    DenseModelSettings,
-    ResolvedModel,
-    check_model_source,
-    check_pooling,
-    read_saved_settings,
-    resolve_settings,
-    split_adapter,
-)
 from raytev.errors import RaytevError
+from raytev.model.files import PASSAGE_SUBFOLDER, QUERY_SUBFOLDER
+from raytev.model.resolved import ResolvedModel, resolve_folder
+from raytev.model.settings import DenseModelSettings, check_pooling
 from raytev.modeling.adapters import is_adapted, load_lora
 from raytev.modeling.loss import contrastive_loss
 from raytev.staging import staged_directory
-
-QUERY_SUBFOLDER = "query_model"
-PASSAGE_SUBFOLDER = "passage_model"
 
 
 def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
@@ -142,62 +133,34 @@ class DenseModel(torch.nn.Module):
         return DenseOutput(loss=loss, scores=scores, q_reps=q_reps, p_reps=p_reps)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path_or_name: str,
-        pooling: str | None = None,
-        normalize: bool | None = None,
-        temperature: float | None = None,
-        untied: bool | None = None,
-        query_prefix: str | None = None,
-        passage_prefix: str | None = None,
-        cross_worker_negatives: bool | None = None,
-        cache_dir: str | None = None,
-        **hf_kwargs,
-    ) -> DenseModel:
-        """Load a raytev save, or any HF / sentence-transformers model; None settings are auto-detected.
+    def from_pretrained(cls, path_or_name: str | Path, pooling: str | None = None, normalize: bool | None = None,
+                        temperature: float | None = None, untied: bool | None = None, query_prefix: str | None = None,
+                        passage_prefix: str | None = None, cross_worker_negatives: bool | None = None,
+                        cache_dir: str | None = None, **hf_kwargs) -> DenseModel:
+        """Load a raytev save, or any HF / sentence-transformers model; None settings are the model's own.
 
         Extra keyword arguments (dtype, attn_implementation, ...) go to AutoModel.from_pretrained.
         """
-        path_or_name = str(path_or_name)
-        check_model_source(path_or_name)
-        overrides = dict(pooling=pooling, normalize=normalize, temperature=temperature, untied=untied,
-                         query_prefix=query_prefix, passage_prefix=passage_prefix)
-        settings = resolve_settings(path_or_name, overrides, cache_dir)
-        return cls.load(path_or_name, settings, cross_worker_negatives, cache_dir, **hf_kwargs)
+        model = resolve_folder(path_or_name, pooling=pooling, normalize=normalize, temperature=temperature,
+                               untied=untied, query_prefix=query_prefix, passage_prefix=passage_prefix,
+                               cache_dir=cache_dir)
+        return cls.from_resolved(model, cross_worker_negatives, **hf_kwargs)
 
     @classmethod
     def from_resolved(cls, model: ResolvedModel, cross_worker_negatives: bool | None = None,
                       trainable_adapter: bool = False, **hf_kwargs) -> DenseModel:
-        """The DenseModel of a ResolvedModel (its settings, adapter, attention kernel and dtype as resolved when
-        the stage started)."""
+        """The DenseModel of a ResolvedModel: its weights in its layout (an untied save: both encoders), its
+        settings, and its LoRA adapter trainable or merged into the weights for inference."""
         arguments = {**model.load_arguments(), **hf_kwargs}
-        cache_dir = arguments.pop("cache_dir", None)
-        return cls.load(model.path, model.settings, cross_worker_negatives, cache_dir, adapter=model.adapter,
-                        trainable_adapter=trainable_adapter, **arguments)
-
-    @classmethod
-    def load(cls, path_or_name: str, settings: DenseModelSettings, cross_worker_negatives: bool | None = None,
-             cache_dir: str | None = None, adapter: str | None = None, trainable_adapter: bool = False,
-             **hf_kwargs) -> DenseModel:
-        """The weights at `path_or_name` with these settings (a raytev untied save: both encoders).
-
-        A LoRA adapter (`adapter`, or `path_or_name` being an adapter folder) is put on the encoder: trainable, or
-        merged into its weights for inference.
-        """
-        path_or_name, adapter = split_adapter(path_or_name, adapter, cache_dir)
-        saved = read_saved_settings(path_or_name, cache_dir)
-        if saved is not None and saved.untied:
-            query_encoder = _load_encoder(path_or_name, QUERY_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
-            passage_encoder = _load_encoder(path_or_name, PASSAGE_SUBFOLDER, cache_dir=cache_dir, **hf_kwargs)
+        if model.separate_encoders:
+            query_encoder = _load_encoder(model.path, QUERY_SUBFOLDER, **arguments)
+            passage_encoder = _load_encoder(model.path, PASSAGE_SUBFOLDER, **arguments)
         else:
-            query_encoder = _load_encoder(path_or_name, cache_dir=cache_dir, **hf_kwargs)
+            query_encoder = _load_encoder(model.path, **arguments)
             passage_encoder = None  # when untied is asked for, __init__ copies the query encoder
-        if adapter is not None:
-            if settings.untied:
-                raise RaytevError(f"'{adapter}' is a LoRA adapter: raytev applies adapters to tied encoders only")
-            query_encoder = load_lora(query_encoder, adapter, trainable_adapter, cache_dir)
-        return cls(query_encoder, passage_encoder, settings, cross_worker_negatives)
+        if model.adapter is not None:
+            query_encoder = load_lora(query_encoder, model.adapter, trainable_adapter, model.cache_dir)
+        return cls(query_encoder, passage_encoder, model.settings, cross_worker_negatives)
 
     @property
     def has_adapter(self) -> bool:
@@ -223,6 +186,6 @@ class DenseModel(torch.nn.Module):
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             if max_seq_length is not None:
-                from raytev.data.sentence_transformers_files import write_sentence_transformers_files
+                from raytev.model.sentence_transformers import write_sentence_transformers_files
 
                 write_sentence_transformers_files(staging, self.settings, max_seq_length)

@@ -17,9 +17,9 @@ from ray import serve
 
 from raytev.config.fields import flag_fields, from_flags
 from raytev.config.sections import InferenceSection, PrecisionSection, QueryModelSection, TextSection
-from raytev.data.model_folder import resolve_model
 from raytev.data.tokenize import TextTokenizer, pad_token_id
 from raytev.errors import RaytevError
+from raytev.model.resolved import resolve_model
 from raytev.serving.replica import EncodeAnswer, EncodeCall, VersionedBatchReplica, split_rows
 
 

@@ -1,5 +1,5 @@
 """The ingress deployment: HTTP in, query encoder and index shards called, their top-k merged, JSON out, and the
-corpus whose titles and texts come back with the hits (a memory-mapped store: raytev/data/corpus_store.py)."""
+corpus whose titles and texts come back with the hits (a memory-mapped store: raytev/serving/corpus_store.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from ray import serve
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import ReplicaUnavailableError
 
-from raytev.data.corpus_store import CorpusStore, corpus_store
 from raytev.serving.agreed_versions import AgreedVersions, SwapInProgress, choose_versions
+from raytev.serving.corpus_store import CorpusStore, corpus_store
 from raytev.serving.front import front_of_this_process
 from raytev.serving.http import make_api
 from raytev.serving.parts import merge_shard_hits

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytev.data.embeddings import find_shards
+from raytev.encoding.embeddings import find_shards
 from raytev.errors import RaytevError
 from raytev.index.build import DEFAULT_SPEC, make_faiss_index
 from raytev.index.dense_index import DenseIndex, IndexInfo

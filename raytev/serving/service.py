@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from raytev.compat import serve_controller, serve_replica_actors
 from raytev.config.stages import ServeConfig
-from raytev.data.corpus_store import corpus_store
 from raytev.errors import RaytevError
 from raytev.machine import ProcessMemory, process_memory
 from raytev.serving.app import TOKEN_ENV, serve_config, token_sha256
+from raytev.serving.corpus_store import corpus_store
 from raytev.serving.front import set_front_for_local_ray
 from raytev.serving.parts import check_index
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from raytev.data.model_folder import find_model_file
 from raytev.errors import RaytevError
+from raytev.model.files import find_model_file
 from raytev.tevax.encoder import Encoder, EncoderConfig
 
 SAFETENSORS_FILE = "model.safetensors"

@@ -12,8 +12,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from raytev.data.cache import user_cache_dir
-from raytev.data.model_folder import ResolvedModel
-from raytev.tevax.retriever import load_resolved
+from raytev.model.resolved import ResolvedModel
+from raytev.tevax.retriever import load_retriever
 from raytev.tevax.steps import DATA_AXIS, bucket_width, data_mesh, replicate
 
 
@@ -41,7 +41,7 @@ def make_embedder(model: ResolvedModel, is_query: bool, batch_size: int,
                   pad_token_id: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A function from padded (input_ids, attention_mask) [B <= batch_size, L] to float32 embeddings [B, H], run on
     every local device (parameters replicated, rows split); the model's dtype is the compute dtype."""
-    retriever, params = load_resolved(model, model.dtype)
+    retriever, params = load_retriever(model, model.dtype)
     mesh = data_mesh(jax.local_devices())
     params = replicate(params, mesh)
     rows = -(-batch_size // mesh.size) * mesh.size  # every batch the same row count, divisible by the devices

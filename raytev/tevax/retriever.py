@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from raytev.data.model_folder import DenseModelSettings, ResolvedModel, check_pooling, read_saved_settings
 from raytev.errors import RaytevError
+from raytev.model.files import PASSAGE_SUBFOLDER, QUERY_SUBFOLDER
+from raytev.model.resolved import ResolvedModel
+from raytev.model.settings import DenseModelSettings, check_pooling
 from raytev.staging import staged_directory
 from raytev.tevax.encoder import at_least_float32
 from raytev.tevax.hf_folder import load_encoder, save_encoder
 
-QUERY_SUBFOLDER = "query_model"  # the torch side's names (raytev.modeling.dense), so either backend reads either
-PASSAGE_SUBFOLDER = "passage_model"
 COMPUTE_DTYPES = {None: None, "float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -112,32 +112,21 @@ class Retriever:
                 tokenizer.save_pretrained(str(staging))
 
 
-def load_retriever(path: str, settings: DenseModelSettings, dtype: str | None = None,
-                   cache_dir: str | None = None) -> tuple[Retriever, TiedParams | DualParams]:
-    """The retriever and parameters of a model folder with these settings; `dtype` is the compute dtype
-    (parameters stay float32). A raytev untied save gives both encoders; untied settings over a single
-    encoder start both from it."""
-    compute = COMPUTE_DTYPES[dtype]
-    saved = read_saved_settings(path, cache_dir)
-    if saved is not None and saved.untied:
-        loaded = [load_encoder(f"{path}/{QUERY_SUBFOLDER}", compute, cache_dir),
-                  load_encoder(f"{path}/{PASSAGE_SUBFOLDER}", compute, cache_dir)]
-    else:
-        loaded = [load_encoder(path, compute, cache_dir)]
-    graphdef, first = nnx.split(loaded[0].module)
-    if settings.untied:
-        second = nnx.split(loaded[-1].module)[1] if len(loaded) > 1 else jax.tree.map(jnp.copy, first)
-        params = DualParams(first, second)
-    else:
-        params = TiedParams(first)
-    return Retriever(graphdef, settings, loaded[0].hf_config, tuple(item.carried for item in loaded)), params
-
-
-def load_resolved(model: ResolvedModel, dtype: str | None = None) -> tuple[Retriever, TiedParams | DualParams]:
-    """load_retriever for a stage's ResolvedModel (LoRA adapters are the torch backend's for now)."""
+def load_retriever(model: ResolvedModel, dtype: str | None = None) -> tuple[Retriever, TiedParams | DualParams]:
+    """The retriever and parameters of a ResolvedModel; `dtype` is the compute dtype (parameters stay float32). An
+    untied raytev save gives both encoders; untied settings over a single encoder start both from it."""
     if model.adapter:
         raise RaytevError(f"'{model.adapter}' is a LoRA adapter, which the JAX backend does not read yet: encode "
                           "with --backend torch, or give the folder `raytev train --save_merged_model` wrote "
                           "(output_dir/merged).")
-    return load_retriever(model.path, model.settings, dtype, model.cache_dir)
-
+    compute = COMPUTE_DTYPES[dtype]
+    folders = [f"{model.path}/{QUERY_SUBFOLDER}", f"{model.path}/{PASSAGE_SUBFOLDER}"] if model.separate_encoders \
+        else [model.path]
+    loaded = [load_encoder(folder, compute, model.cache_dir) for folder in folders]
+    graphdef, first = nnx.split(loaded[0].module)
+    if model.settings.untied:
+        second = nnx.split(loaded[-1].module)[1] if len(loaded) > 1 else jax.tree.map(jnp.copy, first)
+        params = DualParams(first, second)
+    else:
+        params = TiedParams(first)
+    return Retriever(graphdef, model.settings, loaded[0].hf_config, tuple(item.carried for item in loaded)), params

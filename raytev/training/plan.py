@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from raytev.config.stages import TrainConfig
 from raytev.data.cache import TokenTable
-from raytev.data.model_folder import ResolvedModel
 from raytev.errors import RaytevError
+from raytev.model.resolved import ResolvedModel
 from raytev.training.state import TrainerState
 
 

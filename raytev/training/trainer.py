@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from raytev.config.fields import to_flags
 from raytev.config.stages import TrainConfig
-from raytev.data.model_folder import SETTINGS_FILE, DenseModelSettings, ResolvedModel, resolve_model
 from raytev.data.prepare import prepare_data
-from raytev.data.sentence_transformers_files import WRITTEN_ENTRIES, write_sentence_transformers_files
 from raytev.errors import RaytevError, user_error_of
+from raytev.model.files import ADAPTER_CONFIG_FILE, PASSAGE_SUBFOLDER, QUERY_SUBFOLDER, SETTINGS_FILE
+from raytev.model.resolved import ResolvedModel, resolve_model
+from raytev.model.sentence_transformers import WRITTEN_ENTRIES, write_sentence_transformers_files
+from raytev.model.settings import DenseModelSettings
 from raytev.staging import disk_full_as_error, publish_contents
 from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for, training_warnings
 from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state, remove_incomplete_checkpoints
@@ -31,7 +34,7 @@ DEFAULT_RUN_NAME = "checkpoints"
 # What an export writes at the top of output_dir; stale ones from an earlier export of another shape go.
 MERGED_DIR = "merged"  # --save_merged_model's folder
 MODEL_ENTRIES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "query_model", "passage_model", "adapter_config.json", "adapter_model.safetensors", MERGED_DIR,
+                 QUERY_SUBFOLDER, PASSAGE_SUBFOLDER, ADAPTER_CONFIG_FILE, "adapter_model.safetensors", MERGED_DIR,
                  *WRITTEN_ENTRIES)
 
 
@@ -139,7 +142,7 @@ def train(config: TrainConfig) -> TrainResult:
                                                append_eos_token=model.append_eos_token)
                 export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
             if config.lora.save_merged_model:
-                export_merged_model(output_dir, model)
+                export_merged_model(output_dir, dataclasses.replace(model, settings=settings))
     hub_url = finish_export(config, output_dir, run_dir, storage_path, run_name)
     resumes = [entry["from_step"] for entry in state.log if entry.get("event") == "resumed"]
     return TrainResult(output_dir, state.step, state.step / steps_per_epoch, time.perf_counter() - started,
@@ -147,19 +150,19 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def backend_trainer(backend: str):
-    """(Ray Train trainer class, per-worker loop) of a backend: TorchTrainer, or JaxTrainer with raytev.tevax."""
+    """(Ray Train trainer class, per-worker loop) of a backend: TorchTrainer, or JaxTrainer with raytev.tevax; the
+    loop is the same, and picks its backend from the plan."""
+    from raytev.training.worker import train_loop_per_worker
+
     if backend == "jax":
-        try:
-            from ray.train.v2.jax import JaxTrainer
+        missing = [name for name in ("jax", "flax", "optax") if importlib.util.find_spec(name) is None]
+        if missing:  # here, not in every worker
+            raise RaytevError(f"--backend jax needs {', '.join(missing)}: pip install 'raytev[jax]' (on TPU VMs "
+                              "also 'jax[tpu]').")
+        from ray.train.v2.jax import JaxTrainer
 
-            from raytev.training.jax_loop import jax_train_loop_per_worker
-        except ImportError as error:
-            raise RaytevError(f"--backend jax needs JAX ({error}): pip install 'raytev[jax]' (on TPU VMs also "
-                              "'jax[tpu]').") from error
-        return JaxTrainer, jax_train_loop_per_worker
+        return JaxTrainer, train_loop_per_worker
     from ray.train.torch import TorchTrainer
-
-    from raytev.training.loop import train_loop_per_worker
 
     return TorchTrainer, train_loop_per_worker
 
@@ -244,14 +247,14 @@ def finish_export(config: TrainConfig, output_dir: Path, run_dir: Path | None, s
 
 
 def export_merged_model(output_dir: Path, model: ResolvedModel) -> None:
-    """The base model with the trained adapter added into its weights, as a plain model folder (sentence-transformers
-    files included) at output_dir/merged: for tools that read no adapters. Loaded in --torch_dtype, if given."""
+    """The base model with the adapter exported in output_dir added into its weights, as a plain model folder
+    (sentence-transformers files included) at output_dir/merged: for tools that read no adapters. Loaded in
+    --torch_dtype, if given; `model` is the run's, with the settings the export recorded."""
     from transformers import AutoTokenizer
 
     from raytev.modeling.dense import DenseModel
 
-    arguments = model.load_arguments()
-    merged = DenseModel.from_pretrained(str(output_dir), **arguments)  # an adapter folder: merged as it loads
+    merged = DenseModel.from_resolved(model.saved_in(output_dir, adapter=True))  # merged as it loads
     merged.save_pretrained(output_dir / MERGED_DIR, tokenizer=AutoTokenizer.from_pretrained(str(output_dir)),
                            max_seq_length=model.passage_max_len)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from raytev.config.stages import MineConfig
 from raytev.data.formats import Passage, parse_query_record, parse_training_group
-from raytev.data.model_folder import resolve_model
 from raytev.data.prepare import prepare_data
 from raytev.data.reading import read_passages
 from raytev.data.runs import read_run
@@ -18,6 +17,7 @@ from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, resolve_source
 from raytev.errors import ProblemLog, RaytevError
 from raytev.eval.qa import answer_matcher
+from raytev.model.resolved import resolve_model
 from raytev.staging import staged_file
 from raytev.workflows.retrieval import StageTiming, finished, retrieve
 

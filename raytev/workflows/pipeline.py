@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytev.config.stages import PipelineConfig, TrainConfig
-from raytev.data.model_folder import resolve_model
 from raytev.data.qrels import read_qrels
 from raytev.data.sources import resolve_source
 from raytev.errors import ProblemLog, RaytevError
 from raytev.eval.metrics import Evaluation, evaluate_run_file, format_json, format_table
+from raytev.model.resolved import resolve_model
 from raytev.staging import staged_file
 from raytev.workflows.retrieval import StageTiming, finished, retrieve
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytev.config.stages import EncodeConfig, MineConfig, PipelineConfig
-from raytev.data.embeddings import load_embeddings
-from raytev.data.model_folder import ResolvedModel
 from raytev.data.runs import write_run
+from raytev.encoding.embeddings import load_embeddings
 from raytev.encoding.encoder import encode
 from raytev.index.build import build_index
 from raytev.index.search import search, shard_search
 from raytev.index.storage import save_index
+from raytev.model.resolved import ResolvedModel
 from raytev.progress import report_stage
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raytev.data.embeddings import (
+from raytev.encoding.embeddings import (
     EmbeddingsManifest,
     EmbeddingsWriter,
     check_shared_folder,
