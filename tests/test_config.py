@@ -68,3 +68,23 @@ def test_sections_are_shared_objects_of_one_kind_across_stages():
     pipeline = PipelineConfig(output_dir="p", data=train.data, model=train.model, text=train.text,
                               training=train.training, precision=train.precision, cluster=train.cluster)
     assert pipeline.precision.dtype_name == "bfloat16" and pipeline.model is train.model
+
+
+def test_a_substage_takes_the_sections_it_shares_and_its_own_fields():
+    from raytev.config.fields import substage
+    from raytev.config.sections import DataSection, InferenceSection, ModelSection
+    from raytev.config.stages import DemoConfig
+
+    pipeline = from_flags(PipelineConfig, {"output_dir": "p", "model_name_or_path": "m", "bf16": True,
+                                           "num_workers": 3, "index_factory": "HNSW32"}, "x")
+    train = substage(TrainConfig, pipeline, output_dir="t")
+    assert train.output_dir == "t" and train.training is pipeline.training and train.precision is pipeline.precision
+    assert (train.model, train.text, train.lora, train.cluster) == (pipeline.model, pipeline.text, pipeline.lora,
+                                                                   pipeline.cluster)
+    # Fields given win; sections the source lacks keep their defaults; plain fields are never copied.
+    demo = from_flags(DemoConfig, {"num_actors": 2, "backend": "jax"}, "x")
+    encode = substage(EncodeConfig, demo, encode_output_path="e", model=ModelSection(model_name_or_path="m2"))
+    assert (encode.actors.num_actors, encode.backend.backend, encode.model.model_name_or_path) == (2, "jax", "m2")
+    assert encode.inference == InferenceSection() and encode.data == DataSection()
+    with pytest.raises(TypeError, match="output_dir"):  # the pipeline's output_dir is not the model's
+        substage(TrainConfig, pipeline)

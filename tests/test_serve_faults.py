@@ -13,11 +13,11 @@ from test_serve_units import exchange
 from raytev.serving.http import make_api
 from raytev.serving.ingress import SearchIngress
 from raytev.serving.replica import SearchAnswer
+from raytev.serving.swaps import HeldPart, ReplicaView
 from raytev.serving.validation import Limits, SearchQuery
 
 KEY = "v1"
-PART = {"key": KEY, "model": "", "dim": 2, "ntotal": 2, "spec": "Flat", "index": "/index", "index_model": "m",
-        "shard": 0, "rows": [0, 2]}
+PART = HeldPart(KEY, "", 2, 2, "Flat", "/index", "m", (0, 2))
 
 
 class Method:
@@ -37,8 +37,7 @@ class StandInShard:
     """A one-shard index of two passages whose search dies `deaths` times first."""
 
     def __init__(self, deaths: list[Exception]):
-        self.describe = Method(lambda: {"held": [PART], "error": None, "batches": 0, "requests": 0, "shard": 0,
-                                        "search_seconds": 0.0})
+        self.describe = Method(lambda: ReplicaView((PART,), None, 0, 0, shard=0))
         self.search = Method(lambda call: SearchAnswer(KEY, KEY, np.array([[0.9, 0.1]], np.float32)[:, :call.k],
                                                        np.array([["d1", "d2"]], object)[:, :call.k]), deaths)
 

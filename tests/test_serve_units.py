@@ -22,19 +22,21 @@ from raytev.errors import RaytevError
 from raytev.index.build import build_index
 from raytev.index.search import search
 from raytev.index.storage import load_index, save_index
-from raytev.serving.agreed_versions import SwapInProgress, choose_versions
-from raytev.serving.app import (
-    DEPLOYMENT_SWAPS,
-    SWAPPABLE,
-    application_config,
-    config_from_args,
-    serve_config,
-    swapped,
-    user_configs,
-)
+from raytev.serving.app import NOT_BUILDER_ARGS, application_config, config_from_args, serve_config, swapped
 from raytev.serving.http import make_api, token_digest
 from raytev.serving.parts import check_index, load_part, merge_shard_hits, row_range
 from raytev.serving.replica import BatchRunner, Versions
+from raytev.serving.swaps import (
+    DEPLOYMENT_KINDS,
+    DEPLOYMENT_SWAPS,
+    SWAPPABLE,
+    HeldPart,
+    HeldVersion,
+    ReplicaView,
+    SwapInProgress,
+    choose_versions,
+    user_configs,
+)
 from raytev.serving.validation import (
     FLOAT32_MAX,
     NON_BLANK,
@@ -42,6 +44,7 @@ from raytev.serving.validation import (
     RequestError,
     check_dimension,
     parse_search_request,
+    search_request_model,
 )
 
 LIMITS = Limits(max_queries=4, max_k=50, max_body_bytes=2000)
@@ -168,8 +171,8 @@ def test_ann_indexes_are_not_cut_by_rows(tmp_path):
 
 def test_agreed_versions_never_mix_versions():
     def view(*entries):
-        return {"held": [{"key": key, "model": model, "dim": 4, "ntotal": 10, "spec": "Flat", "index": key,
-                          "index_model": "", "shard": 0, "rows": [0, 10]} for key, model in entries]}
+        return ReplicaView(tuple(HeldPart(key, model, 4, 10, "Flat", key, "", (0, 10)) for key, model in entries),
+                           None, 0, 0, shard=0)
 
     # Shard 0 switched to B, shard 1 not yet: A is the newest version both hold.
     agreed = choose_versions([view(("B", "m"), ("A", "m")), view(("A", "m"))], None)
@@ -177,13 +180,55 @@ def test_agreed_versions_never_mix_versions():
     agreed = choose_versions([view(("B", "m"), ("A", "m")), view(("B", "m"), ("A", "m"))], None)
     assert agreed.index_key == "B"
     # Index B was built with model m2, which the encoder has not loaded yet: stay on A with m1.
-    encoder = {"held": [{"key": "k1", "model": "m1", "dim": 4}]}
+    encoder = ReplicaView((HeldVersion("k1", "m1", 4),), None, 0, 0)
     agreed = choose_versions([view(("B", "m2"), ("A", "m1"))], encoder)
     assert (agreed.index_key, agreed.model_key, agreed.model) == ("A", "k1", "m1")
-    encoder = {"held": [{"key": "k2", "model": "m2", "dim": 4}, {"key": "k1", "model": "m1", "dim": 4}]}
+    encoder = ReplicaView((HeldVersion("k2", "m2", 4), HeldVersion("k1", "m1", 4)), None, 0, 0)
     assert choose_versions([view(("B", "m2"), ("A", "m1"))], encoder).model_key == "k2"
     with pytest.raises(SwapInProgress):
         choose_versions([view(("C", "m")), view(("A", "m"))], None)
+
+
+def test_what_replicas_say_they_hold_travels_pickled_and_chooses_the_versions():
+    import pickle
+
+    from raytev.serving.replica import VersionedBatchReplica
+
+    class Encoder(VersionedBatchReplica):
+        def load(self, user_config):
+            return user_config["model"]
+
+        def describe_version(self, key, model):
+            return HeldVersion(key, model, 4)
+
+    encoder = Encoder("model")
+    for key, model in (("k1", "m1"), ("k2", "m2")):
+        encoder.held.versions.install(key, model)
+    said = pickle.loads(pickle.dumps(asyncio.run(encoder.describe())))  # what a Ray call carries
+    assert said == ReplicaView((HeldVersion("k2", "m2", 4), HeldVersion("k1", "m1", 4)), None, 0, 0)
+    shards = [ReplicaView((HeldPart("B", "m2", 4, 6, "Flat", "/b", "m2", (0, 6)),
+                           HeldPart("A", "m1", 4, 6, "Flat", "/a", "m1", (0, 6))), None, 0, 0, shard=0)]
+    agreed = choose_versions(pickle.loads(pickle.dumps(shards)), said)
+    assert (agreed.index_key, agreed.model_key, agreed.model, agreed.ntotal) == ("B", "k2", "m2", 6)
+    assert agreed.shards[0].index == "/b"
+
+
+def test_no_module_of_the_service_imports_one_that_imports_it_back():
+    import ast
+
+    folder = Path(__file__).parent.parent / "raytev" / "serving"
+    imports = {}
+    for path in folder.glob("*.py"):  # every import counts, also those inside functions
+        nodes = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)]
+        imports[path.stem] = {node.module.rsplit(".", 1)[-1] for node in nodes
+                              if (node.module or "").startswith("raytev.serving.")}
+
+    def reaches(start, target, seen=()):
+        return any(name == target or (name not in seen and reaches(name, target, (*seen, name)))
+                   for name in imports.get(start, ()))
+
+    assert imports["app"] >= {"swaps", "ingress", "shard"}  # the walk sees function-level imports
+    assert [name for name in sorted(imports) if reaches(name, name)] == []
 
 
 def test_versions_keep_the_current_and_the_previous():
@@ -359,6 +404,17 @@ def test_a_request_is_schema_valid_exactly_when_the_service_accepts_it(body, why
         assert jsonschema_rs.validator_for(schema).is_valid(body) == (status == 200), (text_queries, answer)
 
 
+def test_the_served_schema_is_the_request_model_that_checks_requests():
+    limits = Limits(max_queries=2, max_k=7, max_body_bytes=2000)
+    schema = search_body_schema(call(make_api(FakeService(), limits), "GET", "/openapi.json")[1])
+    assert schema == search_request_model(limits, 2, True).model_json_schema()  # FakeService's dimension: 2
+    assert schema["properties"]["queries"]["anyOf"][0]["maxItems"] == 2 and schema["properties"]["k"]["maximum"] == 7
+    with pytest.raises(RequestError, match="3 queries in one request; at most 2 are accepted"):
+        parse_search_request(json.dumps({"queries": ["a", "b", "c"]}).encode(), limits)
+    with pytest.raises(RequestError, match="k must be between 1 and 7, got 8"):
+        parse_search_request(json.dumps({"queries": ["a"], "k": 8}).encode(), limits)
+
+
 def test_a_text_is_blank_by_the_same_rule_in_the_schema_and_the_service():
     import jsonschema
     import jsonschema_rs
@@ -401,6 +457,8 @@ def test_configs_carry_no_token_and_swaps_change_only_user_configs(tmp_path, mon
     args = config["applications"][0]["args"]
     assert args == {"index": index, "num_shards": 2, "model_name_or_path": "some/model",
                     "auth_token_sha256": token_digest("s3cret")}
+    assert NOT_BUILDER_ARGS == {"host", "port", "route_prefix", "app_name", "print_config", "auth_token", "address",
+                                "verbose", "access_log", "http_ingress"}  # the metadata's builder=False
     first = swapped(config, "raytev", index=str(tmp_path / "other"))
     second = swapped(first, "raytev", corpus="scifact", max_batch_size=8)
     app = second["applications"][0]
@@ -431,9 +489,10 @@ def another_value(path: tuple[str, ...], field, value):
 
 def test_every_swappable_flag_reaches_a_user_config_and_swappable_is_what_the_metadata_says():
     flags = flag_fields(ServeConfig)
-    assert SWAPPABLE == {name for name, (_, field) in flags.items() if field.metadata["swap"] is not None}
-    kinds = {field.metadata["swap"] for _, field in flags.values()} - {None}
-    assert kinds <= {kind for swaps in DEPLOYMENT_SWAPS.values() for kind in swaps}  # no kind goes nowhere
+    assert SWAPPABLE == {name for name, (_, field) in flags.items() if field.metadata["swap"]}
+    kinds = {kind for _, field in flags.values() for kind in field.metadata["swap"]}
+    assert kinds <= set(DEPLOYMENT_KINDS.values())  # no kind goes nowhere
+    assert set().union(*DEPLOYMENT_SWAPS.values()) == SWAPPABLE
     values = {"index": "i", "num_shards": 2, "model_name_or_path": "m"}
     config = serve_config(config_from_args(values))
     user = user_configs(config_from_args(values))
@@ -532,16 +591,18 @@ def test_the_batch_runner_takes_everything_that_queued_meanwhile():
 
 
 def test_the_http_front_follows_the_flag_then_the_environment_then_what_is_installed(monkeypatch, tmp_path):
+    from raytev.compat import serve_front_variables
     from raytev.serving import front
 
+    names = serve_front_variables()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(front, "haproxy_installed", lambda: True)
     assert front.chosen_front("proxy", {}) == "proxy" and front.chosen_front("haproxy", {}) == "haproxy"
     assert front.chosen_front("auto", {}) == "haproxy"
-    assert front.chosen_front("auto", {front.HAPROXY_SWITCH: "0"}) == "proxy"  # an operator's choice stays
-    environ = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10", front.BINARY_ENV: "/opt/haproxy"}
+    assert front.chosen_front("auto", {names.haproxy: "0"}) == "proxy"  # an operator's choice stays
+    environ = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10", names.binary: "/opt/haproxy"}
     assert front.set_front_for_local_ray("auto", environ) == "haproxy"
-    wrapper = environ.pop(front.BINARY_ENV)
+    wrapper = environ.pop(names.binary)
     assert environ == {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10",
                        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}

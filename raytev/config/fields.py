@@ -3,12 +3,15 @@ config is built from flat flags (the CLI, a JSON file, the Python API's keyword 
 
 Flags are flat, as Tevatron's are: a stage config's own fields and the fields of its sections are all flags of
 the command, each name once. Metadata on a field: `help`, `aliases` (Tevatron v1 names), `choices`, `at_least`,
-and `swap` (which part of a running Serve application a hot swap of it reloads, None: not swappable).
+and for `raytev serve`: `swap` (what of a running application a hot swap of it changes: "model", "index" or
+"corpus"; none: not swappable), `live` (applied without reloading anything) and `builder` (False: it places the
+application or acts in the command's process, and is not one of the application builder's args).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterator
@@ -18,9 +21,11 @@ from raytev.errors import RaytevError
 
 
 def option(default=MISSING, help: str = "", *, aliases: tuple[str, ...] = (), choices: tuple | None = None,
-           at_least: float | None = None, swap: str | None = None) -> Field:
+           at_least: float | None = None, swap: str | tuple[str, ...] = (), live: bool = False,
+           builder: bool = True) -> Field:
     """A config field that is a flag; without a default it is required."""
-    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "at_least": at_least, "swap": swap}
+    metadata = {"help": help, "aliases": tuple(aliases), "choices": choices, "at_least": at_least,
+                "swap": (swap,) if isinstance(swap, str) else tuple(swap), "live": live, "builder": builder}
     return dataclasses.field(metadata=metadata) if default is MISSING else \
         dataclasses.field(default=default, metadata=metadata)
 
@@ -31,6 +36,13 @@ def section(section_class: type) -> Field:
     if any(is_required(field) for field in dataclasses.fields(section_class)):
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default_factory=section_class, metadata=metadata)
+
+
+def substage(config_class: type, source, **own):
+    """A `config_class` (a stage a workflow runs) with `source`'s sections of the same names, and `own` for the rest."""
+    shared = {field.name for field in dataclasses.fields(source) if "section" in field.metadata} - set(own)
+    return config_class(**own, **{field.name: getattr(source, field.name) for field in dataclasses.fields(config_class)
+                                  if "section" in field.metadata and field.name in shared})
 
 
 def is_required(field: Field) -> bool:
@@ -142,21 +154,12 @@ def _check_type(name: str, value, kind: type, optional: bool, source: str) -> No
 
 def to_flags(config) -> dict:
     """The flags of a config as {name: value} (the JSON-file form)."""
-    values = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        values.update(to_flags(value) if "section" in field.metadata else {field.name: value})
-    return values
+    return {name: getattr(functools.reduce(getattr, path, config), name)
+            for name, (path, _) in flag_fields(type(config)).items()}
 
 
 def non_default_flags(config) -> dict:
     """The flags whose values differ from their defaults (required ones always)."""
-    values = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if "section" in field.metadata:
-            values.update(non_default_flags(value))
-        elif is_required(field) or value != (field.default if field.default is not MISSING else
-                                             field.default_factory()):
-            values[field.name] = value
-    return values
+    values = to_flags(config)
+    return {name: values[name] for name, (_, field) in flag_fields(type(config)).items() if is_required(field)
+            or values[name] != (field.default if field.default is not MISSING else field.default_factory())}

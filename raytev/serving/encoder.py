@@ -21,6 +21,7 @@ from raytev.data.tokenize import TextTokenizer, pad_token_id
 from raytev.errors import RaytevError
 from raytev.model.resolved import resolve_model
 from raytev.serving.replica import EncodeAnswer, EncodeCall, VersionedBatchReplica, split_rows
+from raytev.serving.swaps import HeldVersion
 
 
 @dataclass
@@ -77,9 +78,9 @@ class QueryEncoder(VersionedBatchReplica[QueryModel, EncodeCall, EncodeAnswer]):
         """The model the user_config names, on this replica's device."""
         return load_query_model(user_config, self.device)
 
-    def describe_version(self, model: QueryModel) -> dict:
+    def describe_version(self, key: str, model: QueryModel) -> HeldVersion:
         """The model's name and dimension."""
-        return {"model": model.name, "dim": model.dim}
+        return HeldVersion(key, model.name, model.dim)
 
     async def encode(self, call: EncodeCall) -> EncodeAnswer:
         """One request's query vectors (what the ingress calls)."""

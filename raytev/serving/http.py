@@ -25,7 +25,7 @@ from raytev.serving.validation import (
     RequestError,
     SearchQuery,
     parse_search_request,
-    search_request_schema,
+    search_request_model,
 )
 
 OPEN_PATHS = ("/healthz",)  # answered without a token: probes of load balancers carry none, and it tells nothing
@@ -75,9 +75,9 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
 
     # The body is read and checked by parse_search_request (size first, then JSON, then meaning), so the
     # schema is declared for the OpenAPI document rather than as a FastAPI body parameter.
-    @api.post("/search", response_model=SearchResponse, responses=errors,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": search_request_schema(limits, None, service.text_queries)}}}})
+    @api.post("/search", response_model=SearchResponse, responses=errors, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {
+            "schema": search_request_model(limits, None, service.text_queries).model_json_schema()}}}})
     async def search(request: Request) -> JSONResponse:
         """Top-k passages for each query (texts or vectors)."""
         query = parse_search_request(await request.body(), limits, service.text_queries)
@@ -100,8 +100,8 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> JSONResponse:
         """The OpenAPI document, /search's body with the dimension of the index served now when the service says."""
-        document = openapi_document(api.openapi(), search_request_schema(limits, await index_dim(service),
-                                                                        service.text_queries), token_sha256 is not None)
+        body = search_request_model(limits, await index_dim(service), service.text_queries).model_json_schema()
+        document = openapi_document(api.openapi(), body, token_sha256 is not None)
         root = request.scope.get("root_path", "").rstrip("/")
         if root:  # served under a route prefix: "Try it out" in /docs must call it there
             document["servers"] = [{"url": root}]

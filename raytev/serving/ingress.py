@@ -11,12 +11,12 @@ from ray import serve
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import ReplicaUnavailableError
 
-from raytev.serving.agreed_versions import AgreedVersions, SwapInProgress, choose_versions
 from raytev.serving.corpus_store import CorpusStore, corpus_store
 from raytev.serving.front import front_of_this_process
 from raytev.serving.http import make_api
 from raytev.serving.parts import merge_shard_hits
-from raytev.serving.replica import EncodeCall, SearchCall, Swapper, version_key
+from raytev.serving.replica import EncodeCall, SearchCall, Swapper
+from raytev.serving.swaps import AgreedVersions, ReplicaView, SwapInProgress, choose_versions, version_key
 from raytev.serving.validation import Limits, RequestError, SearchQuery, check_dimension
 
 ATTEMPTS = 4  # a request whose version was released meanwhile is answered again with freshly agreed versions
@@ -41,7 +41,7 @@ class SearchIngress:
         self.text_queries = encoder is not None
         self.corpora: Swapper[tuple[str | None, CorpusStore | None]] = Swapper(load_corpus, "corpus")
         self.agreed: AgreedVersions | None = None
-        self._views: list[dict] = []
+        self._views: list[ReplicaView] = []
         self.checked_at = 0.0
 
     def __serve_build_asgi_app__(self):
@@ -109,14 +109,16 @@ class SearchIngress:
         except REPLICA_LOST as error:
             raise RequestError(503, f"a replica of the service was lost ({type(error).__name__}) and Serve is "
                                     "replacing it; retry.") from None
-        errors = [view["error"] for view in self._views if view.get("error")]
+        errors = [view.error for view in self._views if view.error]
         corpus = self.corpora.versions.get()
-        return {"model": agreed.model, "dim": agreed.dim, "ntotal": agreed.ntotal, "shards": len(self.shards),
-                "index_type": agreed.spec, "index": agreed.index, "corpus": corpus[1][0] if corpus else None,
+        first = agreed.shards[0]
+        return {"model": agreed.model, "dim": agreed.dim, "ntotal": agreed.ntotal,
+                "shards": len(self.shards), "index_type": first.spec, "index": first.index,
+                "corpus": corpus[1][0] if corpus else None,
                 "text_queries": self.text_queries, "http_front": front_of_this_process(),
-                "shard_parts": [{"shard": part["shard"], "rows": part["rows"], "ntotal": part["ntotal"],
-                                 "batches": view["batches"], "requests": view["requests"],
-                                 "search_seconds": view["search_seconds"]}
+                "shard_parts": [{"shard": view.shard, "rows": list(part.rows) if part.rows else None,
+                                 "ntotal": part.ntotal, "batches": view.batches, "requests": view.requests,
+                                 "search_seconds": view.search_seconds}
                                 for part, view in zip(agreed.shards, self._views)],
                 "swap_errors": errors + ([self.corpora.error] if self.corpora.error else [])}
 

@@ -4,7 +4,7 @@ Hot swapping: what a replica serves is loaded in full beside the old one, then t
 replica keeps the current version and the one before it, each under a key naming what was loaded (its
 user_config less the live settings). Keeping the previous one lets a request that started against it finish,
 and lets the ingress answer from one version everywhere while some replicas have switched and others have not
-(agreed_versions.py); it is released `grace_s` after the switch. Serve takes a replica out of routing while
+(swaps.py); it is released `grace_s` after the switch. Serve takes a replica out of routing while
 `reconfigure` runs, so only the first load happens there; later ones run in the background while the old
 version answers.
 
@@ -16,13 +16,12 @@ fix that under load and add its length to every request when idle. So Serve's ba
 (BatchRunner) and futures return at once; one worker runs what is queued in batches of up to `max_batch_size`
 requests, each taking everything that arrived while the previous one ran.
 
-The messages between the ingress and these replicas are plain picklable dataclasses.
+The messages between the ingress and these replicas are plain picklable dataclasses (here and in swaps.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from ray import serve
 
-from raytev.serving.app import LIVE_FLAGS
+from raytev.serving.swaps import HeldVersion, ReplicaView, version_key
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -80,13 +79,6 @@ class SearchAnswer:
 
 
 # --- Versions and their swaps ------------------------------------------------------------------------------------
-
-def version_key(user_config: dict, labels: frozenset[str] = frozenset()) -> str:
-    """What names a loaded version: the user_config's settings but the live ones (and `labels`, which are not
-    loaded)."""
-    return json.dumps({name: value for name, value in user_config.items()
-                       if name not in LIVE_FLAGS and name not in labels}, sort_keys=True)
-
 
 class Versions(Generic[T]):
     """The current value and the previous one, by key (the current first)."""
@@ -240,8 +232,8 @@ class VersionedBatchReplica(Generic[Version, Call, Answer]):
         """The version a user_config names, loaded (in a thread)."""
         raise NotImplementedError
 
-    def describe_version(self, version: Version) -> dict:
-        """What /info and the ingress's choice of versions need to know of a loaded version."""
+    def describe_version(self, key: str, version: Version) -> HeldVersion:
+        """What /info and the ingress's choice of versions need to know of the version loaded under `key`."""
         raise NotImplementedError
 
     def group_of(self, call: Call) -> Hashable:
@@ -259,10 +251,10 @@ class VersionedBatchReplica(Generic[Version, Call, Answer]):
         self.runner.max_size = user_config["max_batch_size"]
         await self.held.configure(version_key(user_config, self.labels), user_config)
 
-    async def describe(self) -> dict:
+    async def describe(self) -> ReplicaView:
         """The versions held (current first), the last failed swap, and the batches run."""
-        held = [{"key": key, **self.describe_version(version)} for key, version in self.held.versions.items()]
-        return {"held": held, "error": self.held.error, "batches": self.batches, "requests": self.requests}
+        held = tuple(self.describe_version(key, version) for key, version in self.held.versions.items())
+        return ReplicaView(held, self.held.error, self.batches, self.requests)
 
     async def answer(self, call: Call) -> Answer:
         """One call's answer, once its batch has run."""

@@ -1,25 +1,8 @@
-"""The HTTP API's bodies as pydantic models: requests are validated with them and the OpenAPI schema names them."""
+"""The HTTP API's answers as pydantic models, which the OpenAPI schema names (a request's model is validation.py's)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-
-
-def _integral(value):
-    """A float without a fractional part (5.0, 1e2) as an int: JSON Schema's "integer" admits it, strict mode not."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-class SearchRequest(BaseModel):
-    """Queries as texts (encoded by the service's model) or as vectors, and how many hits each."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    queries: list[str] | None = Field(None, description="Query texts (needs a service started with a model).")
-    vectors: list[list[float]] | None = Field(None, description="Query vectors of the index's dimension.")
-    k: Annotated[int, BeforeValidator(_integral)] = Field(10, description="Hits per query.")
+from pydantic import BaseModel
 
 
 class Hit(BaseModel):

@@ -13,9 +13,9 @@ from ray import serve
 from raytev.errors import RaytevError
 from raytev.index.dense_index import DenseIndex
 from raytev.index.search import search
-from raytev.serving.app import MODEL_TAG
 from raytev.serving.parts import load_part
-from raytev.serving.replica import SearchAnswer, SearchCall, VersionedBatchReplica, split_rows, version_key
+from raytev.serving.replica import SearchAnswer, SearchCall, VersionedBatchReplica, split_rows
+from raytev.serving.swaps import MODEL_TAG, HeldPart, ReplicaView, version_key
 
 
 @dataclass
@@ -62,15 +62,14 @@ class IndexShard(VersionedBatchReplica[ShardPart, SearchCall, SearchAnswer]):
         if held is not None and held[1].model != model:  # the same index, now said to be for another model
             self.held.versions.replace(key, replace(held[1], model=model))
 
-    def describe_version(self, part: ShardPart) -> dict:
+    def describe_version(self, key: str, part: ShardPart) -> HeldPart:
         """The part's size, type, location, model tag and rows."""
-        return {"model": part.model, "dim": part.index.info.dim, "ntotal": part.index.faiss_index.ntotal,
-                "spec": part.index.info.spec, "index": part.location, "index_model": part.index.info.model,
-                "shard": self.shard, "rows": list(part.rows) if part.rows else None}
+        return HeldPart(key, part.model, part.index.info.dim, part.index.faiss_index.ntotal, part.index.info.spec,
+                        part.location, part.index.info.model, part.rows)
 
-    async def describe(self) -> dict:
+    async def describe(self) -> ReplicaView:
         """The parts held (current first), the last failed swap, and the searches run."""
-        return {**await super().describe(), "shard": self.shard, "search_seconds": round(self.search_seconds, 6)}
+        return replace(await super().describe(), shard=self.shard, search_seconds=round(self.search_seconds, 6))
 
     async def search(self, call: SearchCall) -> SearchAnswer:
         """One request's hits on this shard (what the ingress calls)."""

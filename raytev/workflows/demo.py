@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytev.config.fields import substage
 from raytev.config.sections import (
     DataSection,
     InferenceSection,
@@ -72,35 +73,35 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
 
     started = time.perf_counter()
     root = Path(config.output_dir).expanduser().resolve()
-    common = dict(precision=PrecisionSection(bf16=settings.bf16), inference=InferenceSection(per_device_eval_batch_size=64),
-                  actors=config.actors, retrieval=RetrievalSection(depth=1000), backend=config.backend,
-                  cluster=config.cluster)
+    common = dict(precision=PrecisionSection(bf16=settings.bf16), retrieval=RetrievalSection(depth=1000),
+                  inference=InferenceSection(per_device_eval_batch_size=64))  # actors, backend, cluster: the flags
     test = DataSection(dataset_name=config.dataset_name, dataset_split="test")
     evaluation_text = TextSection(passage_max_len=settings.eval_passage_max_len)
     stages: list[tuple[str, StageTiming]] = []
 
     def evaluate(phase: str, model_path: str, corpus_embeddings: Path | None = None):
         report_phase(phase)
-        result = run_pipeline(PipelineConfig(output_dir=str(root / phase), data=test, text=evaluation_text,
-                                             model=ModelSection(model_name_or_path=model_path), **common),
-                              corpus_embeddings)
+        result = run_pipeline(substage(PipelineConfig, config, output_dir=str(root / phase), data=test,
+                                       text=evaluation_text, model=ModelSection(model_name_or_path=model_path),
+                                       **common), corpus_embeddings)
         stages.extend((phase, stage) for stage in result.stages)
         return result
 
     zero_shot = evaluate("zero-shot", config.model_name_or_path)
     report_phase("mining")
-    mined = mine(MineConfig(save_to=str(root / "mined" / "train-hn.jsonl"), n_sample=settings.n_sample,
-                            negative_rank_start=config.negative_rank_start, negative_rank_end=config.negative_rank_end,
-                            keep_original_groups=False, data=dataclasses.replace(test, dataset_split="train"),
-                            model=ModelSection(model_name_or_path=config.model_name_or_path), text=evaluation_text,
-                            **common),
+    mined = mine(substage(MineConfig, config, save_to=str(root / "mined" / "train-hn.jsonl"),
+                          n_sample=settings.n_sample, negative_rank_start=config.negative_rank_start,
+                          negative_rank_end=config.negative_rank_end, keep_original_groups=False,
+                          data=dataclasses.replace(test, dataset_split="train"),
+                          model=ModelSection(model_name_or_path=config.model_name_or_path), text=evaluation_text,
+                          **common),
                  corpus_embeddings=root / "zero-shot" / "corpus_embeddings")
     stages.extend(("mining", stage) for stage in mined.stages)
 
     report_phase("fine-tune")
     model_dir = root / "fine-tuned" / "model"
-    trained = train(TrainConfig(
-        output_dir=str(model_dir), data=DataSection(dataset_path=str(mined.output)),
+    trained = train(substage(
+        TrainConfig, config, output_dir=str(model_dir), data=DataSection(dataset_path=str(mined.output)),
         model=ModelSection(model_name_or_path=config.model_name_or_path, temperature=settings.temperature),
         text=TextSection(passage_max_len=settings.train_passage_max_len),
         training=TrainingSection(train_group_size=config.train_group_size,
@@ -108,7 +109,7 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
                                  num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                                  logging_steps=10, save_steps=1000, num_workers=settings.num_workers,
                                  overwrite_output_dir=True),
-        backend=config.backend, precision=common["precision"], cluster=config.cluster))
+        precision=common["precision"]))
     fine_tune: list[StageTiming] = []
     finished(fine_tune, "train", trained.seconds, f"{trained.steps} steps, {trained.epochs:.2f} epochs on mined "
                                                   "negatives")

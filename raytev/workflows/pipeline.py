@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytev.config.fields import substage
 from raytev.config.stages import PipelineConfig, TrainConfig
 from raytev.data.qrels import read_qrels
 from raytev.data.sources import resolve_source
@@ -58,12 +59,8 @@ def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) 
         from raytev.training.trainer import train
 
         model_dir = output_dir / "model"
-        train_config = TrainConfig(output_dir=str(model_dir),
-                                   data=dataclasses.replace(data, dataset_split=config.train_split),
-                                   model=config.model, text=config.text, training=config.training, lora=config.lora,
-                                   backend=config.backend, precision=config.precision, cluster=config.cluster)
-        train_config.check()
-        result = train(train_config)
+        result = train(substage(TrainConfig, config, output_dir=str(model_dir),
+                                data=dataclasses.replace(data, dataset_split=config.train_split)))
         finished(stages, "train", result.seconds, f"{result.steps} steps, {result.epochs:.2f} epochs")
         # The trained folder speaks for itself (a LoRA adapter names its base model).
         model_section = dataclasses.replace(config.model, model_name_or_path=str(model_dir), lora_name_or_path=None)

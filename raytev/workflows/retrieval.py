@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytev.config.fields import substage
 from raytev.config.stages import EncodeConfig, MineConfig, PipelineConfig
 from raytev.data.runs import write_run
 from raytev.encoding.embeddings import load_embeddings
@@ -57,10 +58,8 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
     query_dir, index_dir, run_path = output_dir / "query_embeddings", output_dir / "index", output_dir / "run.txt"
     stages: list[StageTiming] = []
     for name, is_query, target in (("encode passages", False, corpus_dir), ("encode queries", True, query_dir)):
-        encoding = EncodeConfig(encode_output_path=str(target), replace_other_runs=True,
-                                data=dataclasses.replace(config.data, encode_is_query=is_query), model=config.model,
-                                text=config.text, inference=config.inference, actors=config.actors,
-                                backend=config.backend, precision=config.precision, cluster=config.cluster)
+        encoding = substage(EncodeConfig, config, encode_output_path=str(target), replace_other_runs=True,
+                            data=dataclasses.replace(config.data, encode_is_query=is_query))
         result = encode(encoding, model)
         reused = f", {result.reused_shards} shards reused" if result.reused_shards else ""
         finished(stages, name, result.seconds, f"{result.rows:,} texts, {result.rows_per_second:.1f}/s{reused}")
