@@ -163,15 +163,10 @@ def resolve_model(model: ModelSection, text: TextSection | None = None, precisio
         separate_encoders=bool(saved[path] and saved[path].untied))
 
 
-def resolve_folder(path_or_name: str | Path, *, pooling: str | None = None, normalize: bool | None = None,
-                   temperature: float | None = None, untied: bool | None = None, query_prefix: str | None = None,
-                   passage_prefix: str | None = None, cache_dir: str | None = None, adapter: str | None = None,
-                   attn_implementation: str | None = None, torch_dtype: str | None = None) -> ResolvedModel:
-    """A model folder or hub name resolved for its weights, with these settings (None: the model's own): what
-    loading a model by path (DenseModel.from_pretrained, scripts, tests) goes through."""
-    section = ModelSection(model_name_or_path=str(path_or_name), pooling=pooling, normalize=normalize,
-                           temperature=temperature, untie_encoder=untied, cache_dir=cache_dir,
-                           lora_name_or_path=adapter, attn_implementation=attn_implementation,
-                           torch_dtype=torch_dtype)
-    text = TextSection(query_prefix=query_prefix, passage_prefix=passage_prefix)
-    return resolve_model(section, text, need_tokenizer=False)
+def resolve_folder(path_or_name: str | Path, cache_dir: str | None = None, untied: bool | None = None,
+                   query_prefix: str | None = None, passage_prefix: str | None = None, **settings) -> ResolvedModel:
+    """A model folder or hub name resolved for its weights, with these settings (ModelSection's names; None: the
+    model's own): what loading a model by path (DenseModel.from_pretrained, scripts, tests) goes through."""
+    section = ModelSection(model_name_or_path=str(path_or_name), cache_dir=cache_dir, untie_encoder=untied, **settings)
+    return resolve_model(section, TextSection(query_prefix=query_prefix, passage_prefix=passage_prefix),
+                         need_tokenizer=False)

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from raytev.errors import RaytevError
-from raytev.model.files import find_model_file
+from raytev.model.files import find_model_file, read_model_json
 from raytev.tevax.encoder import Encoder, EncoderConfig
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -87,17 +87,11 @@ def read_weights(path_or_name: str, cache_dir: str | None = None) -> dict[str, n
             if not canonical_key(key).startswith(HEAD_PREFIXES) and not key.startswith(HEAD_PREFIXES)}
 
 
-def read_config(path_or_name: str, cache_dir: str | None = None) -> dict:
-    """The folder's config.json."""
-    file = find_model_file(path_or_name, "config.json", cache_dir)
-    if file is None:
-        raise RaytevError(f"'{path_or_name}' has no config.json: give a Hugging Face model folder or name.")
-    return json.loads(file.read_text())
-
-
 def load_encoder(path_or_name: str, dtype=None, cache_dir: str | None = None) -> LoadedEncoder:
     """The Flax encoder of a Hugging Face folder; a RaytevError lists any missing or unexpected weights."""
-    hf_config = read_config(path_or_name, cache_dir)
+    hf_config = read_model_json(path_or_name, "config.json", cache_dir)
+    if hf_config is None:
+        raise RaytevError(f"'{path_or_name}' has no config.json: give a Hugging Face model folder or name.")
     config = EncoderConfig.from_hf(hf_config, f"{path_or_name}/config.json")
     weights = read_weights(path_or_name, cache_dir)
     abstract = nnx.eval_shape(lambda: Encoder(config, dtype, rngs=nnx.Rngs(0)))

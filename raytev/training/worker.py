@@ -12,7 +12,7 @@ import importlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
@@ -66,8 +66,7 @@ def train_loop_per_worker(config: dict) -> None:
             backend.wait()  # a window's time ends when its last step has finished (devices run asynchronously)
         log.add(state, loss, learning_rate)
         if checkpoint_due(plan, state):
-            save_checkpoint(plan, state, rank, lambda directory: backend.save(directory, state),
-                            every_rank_writes=backend.every_rank_writes)
+            save_checkpoint(plan, state, rank, backend)
 
 
 def resumed_state(plan: TrainingPlan, resume_dir: Path) -> TrainerState:
@@ -172,26 +171,24 @@ def format_entry(entry: dict, total_steps: int) -> str:
             f"lr {entry['learning_rate']:.2e}  {entry['samples_per_second']:.1f} queries/s")
 
 
-def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, write: Callable[[Path], None],
-                    every_rank_writes: bool = False) -> None:
-    """Checkpoint through ray.train.report (every rank calls it: it is a barrier); rank 0's `write` provides the
-    files (it fills the folder it is given), or every rank's when `every_rank_writes` (sharded state: Ray merges
-    the ranks' folders into one checkpoint)."""
+def save_checkpoint(plan: TrainingPlan, state: TrainerState, rank: int, backend: Backend) -> None:
+    """Checkpoint through ray.train.report (every rank calls it: it is a barrier); rank 0's backend fills the
+    folder, or every rank's with `every_rank_writes` (sharded state: Ray merges the ranks' folders into one)."""
     metrics = {"step": state.step, "epoch": state.epoch, "loss": state.log[-1].get("loss") if state.log else None}
     name = checkpoint_name(state.step)
     if plan.num_workers == 0:
         # In-process runs get no persistence from Ray: write under the run folder ourselves, keep the newest.
         target = Path(plan.run_dir) / name
         with staged_directory(target) as staging:
-            write(staging)
+            backend.save(staging, state)
         prune_checkpoints(Path(plan.run_dir), keep=plan.training.save_total_limit)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(target)))
         return
-    if rank != 0 and not every_rank_writes:
+    if rank != 0 and not backend.every_rank_writes:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as temporary:
-        write(Path(temporary))
+        backend.save(Path(temporary), state)
         try:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(temporary),
                              checkpoint_dir_name=name)
