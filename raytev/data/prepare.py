@@ -125,15 +125,16 @@ def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedMod
                        file_hash: Callable[[Path], str] = file_fingerprint) -> dict[str, str]:
     """The cache key of each table the source becomes: its inputs' content (files hashed by `file_hash`) plus every
     setting that shapes it (the prompts and lengths the model resolved to among them)."""
-    passage_settings = {"tokenizer": tokenizer_key, "max_len": model.passage_max_len, "prefix": model.passage_prefix,
-                        "separator": data.title_separator, "append_eos": model.append_eos_token}
+    passage_settings = {"tokenizer": tokenizer_key, "max_len": model.passage_max_len,
+                        "prefix": model.settings.passage_prefix, "separator": data.title_separator,
+                        "append_eos": model.append_eos_token}
     keys = {}
     if source.corpus is not None:
         keys["corpus"] = fingerprint(kind="corpus", content=source.corpus.content_fingerprint(file_hash),
                                        **passage_settings)
     if source.queries is not None:
-        query_settings = {"tokenizer": tokenizer_key, "max_len": model.query_max_len, "prefix": model.query_prefix,
-                          "append_eos": model.append_eos_token}
+        query_settings = {"tokenizer": tokenizer_key, "max_len": model.query_max_len,
+                          "prefix": model.settings.query_prefix, "append_eos": model.append_eos_token}
         passages: dict | str | None = None
         if source.has_groups:
             # Group passages come from the corpus table (then its key covers them) or are written inline.
@@ -165,7 +166,7 @@ def build_tables(source: DataSource, data: DataSection, model: ResolvedModel, ca
         tokenizer = model.load_tokenizer()
         passage_tokenizer = TextTokenizer.for_passages(model, tokenizer)
         settings = {"tokenizer": str(model.tokenizer_dir), "passage_max_len": model.passage_max_len,
-                    "passage_prefix": model.passage_prefix, "title_separator": data.title_separator,
+                    "passage_prefix": model.settings.passage_prefix, "title_separator": data.title_separator,
                     "append_eos_token": model.append_eos_token, "raytev_version": __version__,
                     "pad_token_id": pad_token_id(tokenizer)}
         if corpus_file is not None:
@@ -185,7 +186,7 @@ def build_tables(source: DataSource, data: DataSection, model: ResolvedModel, ca
                         "corpus": keys.get("corpus") if queries_text.passages_from == "corpus" else None,
                         "qrels": str(source.qrels) if source.qrels else None,
                         "settings": {**settings, "query_max_len": model.query_max_len,
-                                     "query_prefix": model.query_prefix, "negatives_run": data.negatives_run,
+                                     "query_prefix": model.settings.query_prefix, "negatives_run": data.negatives_run,
                                      "num_negatives": data.num_negatives, "seed": data.seed},
                         **result}
             transaction.commit(hidden, manifest)

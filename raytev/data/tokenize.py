@@ -8,13 +8,13 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from raytev.compat import installed_version
 from raytev.data.arrow_rows import count_arrow_rows, iter_arrow_chunks
 from raytev.errors import RaytevError
 from raytev.model.files import TOKENIZER_FILES
@@ -36,10 +36,8 @@ def tokenizer_fingerprint(directory: Path) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     for package in ("tokenizers", "transformers"):
-        try:
-            digest.update(f"{package}=={version(package)}".encode())
-        except PackageNotFoundError:
-            pass
+        if installed_version(package):
+            digest.update(f"{package}=={installed_version(package)}".encode())
     return digest.hexdigest()
 
 
@@ -63,14 +61,8 @@ class TextTokenizer:
         """Token ids of each text, special tokens included."""
         if self.prefix:
             texts = [self.prefix + text for text in texts]
-        ids = self.tokenizer(
-            texts,
-            max_length=self.max_len - 1 if self.append_eos else self.max_len,
-            truncation=True,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
+        ids = self.tokenizer(texts, max_length=self.max_len - 1 if self.append_eos else self.max_len, truncation=True,
+                             padding=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         if self.append_eos:
             # A tokenizer that ends every text with its EOS token itself gets no second one.
             eos = self.tokenizer.eos_token_id
@@ -80,12 +72,12 @@ class TextTokenizer:
     @classmethod
     def for_queries(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
         """How `model` tokenizes queries: its query prompt and length."""
-        return cls(tokenizer, model.query_max_len, model.query_prefix, model.append_eos_token)
+        return cls(tokenizer, model.query_max_len, model.settings.query_prefix, model.append_eos_token)
 
     @classmethod
     def for_passages(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
         """How `model` tokenizes passages: its passage prompt and length."""
-        return cls(tokenizer, model.passage_max_len, model.passage_prefix, model.append_eos_token)
+        return cls(tokenizer, model.passage_max_len, model.settings.passage_prefix, model.append_eos_token)
 
     def token_array(self, texts: list[str]) -> pa.ListArray:
         """Token ids of each text as an Arrow `list<int32>` array."""

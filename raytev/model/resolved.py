@@ -73,16 +73,6 @@ class ResolvedModel:
             return dataclasses.replace(self, adapter=str(folder))
         return dataclasses.replace(self, path=str(folder), adapter=None, separate_encoders=self.settings.untied)
 
-    @property
-    def query_prefix(self) -> str:
-        """The text put before every query (the model's prompt unless a flag said otherwise)."""
-        return self.settings.query_prefix
-
-    @property
-    def passage_prefix(self) -> str:
-        """The text put before every passage."""
-        return self.settings.passage_prefix
-
     def hidden_size(self) -> int:
         """The embedding size, read from the model's configuration (not its weights)."""
         subfolder = QUERY_SUBFOLDER if self.separate_encoders else ""

@@ -10,9 +10,9 @@ back. No torch here.
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from raytev.compat import installed_version
 from raytev.errors import RaytevError
 from raytev.model.files import read_model_json
 from raytev.model.settings import DenseModelSettings
@@ -28,14 +28,9 @@ WRITTEN_ENTRIES = (MODULES_FILE, MODEL_CONFIG_FILE, TRANSFORMER_CONFIG_FILE, POO
 POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
 OUR_POOLING = {mode: ours for ours, mode in POOLING_MODES.items()}
 # sentence-transformers' legacy boolean pooling keys -> its pooling_mode values.
-LEGACY_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
+LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                       "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                       "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
 # The prompt names sentence-transformers' encode_document tries, in its order.
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 # The module paths every sentence-transformers from 3.0 to 6.2 imports (6.x maps them to its new modules without a
@@ -123,13 +118,9 @@ def _hidden_size(weights_dir: Path) -> int | None:
 
 def _library_versions() -> dict:
     """The version block sentence-transformers writes: its format's, and the installed transformers' and torch's."""
-    versions = {"sentence_transformers": FORMAT_VERSION}
-    for key, package in (("transformers", "transformers"), ("pytorch", "torch")):
-        try:
-            versions[key] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions
+    installed = {key: installed_version(package) for key, package in (("transformers", "transformers"),
+                                                                     ("pytorch", "torch"))}
+    return {"sentence_transformers": FORMAT_VERSION, **{key: value for key, value in installed.items() if value}}
 
 
 def write_sentence_transformers_files(directory: str | Path, settings: DenseModelSettings, max_seq_length: int,

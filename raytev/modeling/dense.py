@@ -66,13 +66,8 @@ def _load_encoder(path_or_name: str, subfolder: str = "", **hf_kwargs) -> PreTra
 class DenseModel(torch.nn.Module):
     """Tied (one encoder) or untied (query and passage encoders) dense retriever with contrastive loss."""
 
-    def __init__(
-        self,
-        query_encoder: PreTrainedModel,
-        passage_encoder: PreTrainedModel | None = None,
-        settings: DenseModelSettings | None = None,
-        cross_worker_negatives: bool | None = None,
-    ):
+    def __init__(self, query_encoder: PreTrainedModel, passage_encoder: PreTrainedModel | None = None,
+                 settings: DenseModelSettings | None = None, cross_worker_negatives: bool | None = None):
         super().__init__()
         self.settings = settings or DenseModelSettings(untied=passage_encoder is not None)
         if passage_encoder is not None and not self.settings.untied:

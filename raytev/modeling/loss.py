@@ -47,12 +47,8 @@ def contrastive_targets(num_queries: int, num_passages: int, device: torch.devic
     return torch.arange(num_queries, device=device) * (num_passages // num_queries)
 
 
-def contrastive_loss(
-    q_reps: torch.Tensor,
-    p_reps: torch.Tensor,
-    temperature: float = 1.0,
-    cross_worker_negatives: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: float = 1.0,
+                     cross_worker_negatives: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores q·pᵀ/temperature and their cross-entropy; with cross-worker negatives, over the global batch.
 
     `cross_worker_negatives=None` gathers whenever torch.distributed runs with more than one worker.

@@ -90,14 +90,8 @@ def micro_batches(batch: dict, count: int) -> list[dict]:
     return [{name: chunks[index] for name, chunks in parts.items()} for index in range(count)]
 
 
-def plain_step(
-    model: torch.nn.Module,
-    batch: dict,
-    *,
-    autocast_dtype: torch.dtype | None = None,
-    scaler=None,
-    loss_scale: float = 1.0,
-) -> torch.Tensor:
+def plain_step(model: torch.nn.Module, batch: dict, *, autocast_dtype: torch.dtype | None = None, scaler=None,
+               loss_scale: float = 1.0) -> torch.Tensor:
     """Forward the whole batch, back-propagate its loss (times `loss_scale`) into `.grad`, and return the loss
     detached."""
     with forward_precision(model, autocast_dtype):
@@ -147,16 +141,8 @@ def _embed(model: torch.nn.Module, side: str, chunk: dict) -> torch.Tensor:
     return output.q_reps if side == "query" else output.p_reps
 
 
-def grad_cache_step(
-    model: torch.nn.Module,
-    batch: dict,
-    *,
-    q_chunk_size: int = 4,
-    p_chunk_size: int = 32,
-    autocast_dtype: torch.dtype | None = None,
-    scaler=None,
-    loss_scale: float = 1.0,
-) -> torch.Tensor:
+def grad_cache_step(model: torch.nn.Module, batch: dict, *, q_chunk_size: int = 4, p_chunk_size: int = 32,
+                    autocast_dtype: torch.dtype | None = None, scaler=None, loss_scale: float = 1.0) -> torch.Tensor:
     """Same effect as plain_step (loss returned detached, `.grad` filled), holding one chunk's graph at a time."""
     chunks = [("query", chunk) for chunk in split_inputs(query_inputs(batch), q_chunk_size)]
     chunks += [("passage", chunk) for chunk in split_inputs(passage_inputs(batch), p_chunk_size)]

@@ -80,6 +80,7 @@ def train(config: TrainConfig) -> TrainResult:
     from raytev.cluster import connect, cpus_per_worker
     from raytev.data.feed import ordered_ingest, training_dataset
     from raytev.training.progress import TrainingProgress
+    from raytev.training.worker import train_loop_per_worker
 
     started = time.perf_counter()
     training, cluster = config.training, config.cluster
@@ -92,8 +93,9 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir = Path(storage_path) / run_name if is_local(storage_path) else None
     if training.num_workers == 0 and run_dir is None:
         raise RaytevError("--num_workers 0 keeps checkpoints itself and needs a local --storage_path.")
-    if training.overwrite_output_dir:
-        clear_previous_run(output_dir, run_dir, storage_path, run_name)
+    if training.overwrite_output_dir:  # forget an earlier run here: its checkpoints and its exported model's marker
+        delete_checkpoints(run_dir, storage_path, run_name)
+        (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
     plan = TrainingPlan(config, model, prepared.queries, steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
                         torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None)
@@ -115,9 +117,8 @@ def train(config: TrainConfig) -> TrainResult:
     with cleaned_up_on_failure(output_dir, run_dir):
         with TrainingProgress(total_steps, previous.step if resume_from else 0) as progress, \
                 disk_full_as_error(run_dir or storage_path):
-            trainer_class, loop = backend_trainer(config.backend.backend)
-            trainer = trainer_class(
-                loop,
+            trainer = backend_trainer(config.backend.backend)(
+                train_loop_per_worker,
                 train_loop_config={"plan": dataclasses.replace(plan, progress=progress.queue)},
                 scaling_config=scaling_config(training.num_workers, cluster, cpus),
                 run_config=ray.train.RunConfig(
@@ -128,8 +129,9 @@ def train(config: TrainConfig) -> TrainResult:
             )
             try:
                 result = trainer.fit()
-            except Exception as error:
-                raise_user_error_of(error)
+            except Exception as error:  # a worker's RaytevError (bad data or settings) or full disk, not Ray's wrapper
+                if user_error_of(error) is not None:
+                    raise user_error_of(error) from None
                 raise
         if result.checkpoint is None:
             raise RaytevError(f"training ended without a checkpoint ({result.error or 'no error reported'})")
@@ -150,10 +152,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def backend_trainer(backend: str):
-    """(Ray Train trainer class, per-worker loop) of a backend: TorchTrainer, or JaxTrainer with raytev.tevax; the
-    loop is the same, and picks its backend from the plan."""
-    from raytev.training.worker import train_loop_per_worker
-
+    """The Ray Train trainer class of a backend: TorchTrainer, or JaxTrainer with raytev.tevax (the per-worker loop
+    is the same, and picks its backend from the plan)."""
     if backend == "jax":
         missing = [name for name in ("jax", "flax", "optax") if importlib.util.find_spec(name) is None]
         if missing:  # here, not in every worker
@@ -161,10 +161,10 @@ def backend_trainer(backend: str):
                               "also 'jax[tpu]').")
         from ray.train.v2.jax import JaxTrainer
 
-        return JaxTrainer, train_loop_per_worker
+        return JaxTrainer
     from ray.train.torch import TorchTrainer
 
-    return TorchTrainer, train_loop_per_worker
+    return TorchTrainer
 
 
 def scaling_config(num_workers: int, cluster, cpus: float | None):
@@ -178,14 +178,6 @@ def scaling_config(num_workers: int, cluster, cpus: float | None):
                                        topology=cluster.tpu_topology, accelerator_type=cluster.tpu_type)
     return ray.train.ScalingConfig(num_workers=num_workers, use_gpu=cluster.use_gpu,
                                    resources_per_worker=resources or None)
-
-
-def raise_user_error_of(error: Exception) -> None:
-    """If a worker failed on a RaytevError (bad data or settings) or on a full disk, raise that instead of Ray's
-    wrapper."""
-    user_error = user_error_of(error)
-    if user_error is not None:
-        raise user_error from None
 
 
 @contextmanager
@@ -257,12 +249,6 @@ def export_merged_model(output_dir: Path, model: ResolvedModel) -> None:
     merged = DenseModel.from_resolved(model.saved_in(output_dir, adapter=True))  # merged as it loads
     merged.save_pretrained(output_dir / MERGED_DIR, tokenizer=AutoTokenizer.from_pretrained(str(output_dir)),
                            max_seq_length=model.passage_max_len)
-
-
-def clear_previous_run(output_dir: Path, run_dir: Path | None, storage_path: str, run_name: str) -> None:
-    """Forget an earlier run in this output_dir: its checkpoints (local or remote) and its exported model marker."""
-    delete_checkpoints(run_dir, storage_path, run_name)
-    (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
 
 
 def delete_checkpoints(run_dir: Path | None, storage_path: str, run_name: str) -> None:
