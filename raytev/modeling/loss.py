@@ -64,3 +64,19 @@ def contrastive_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: fl
         scores = q_reps @ p_reps.T / temperature
         loss = F.cross_entropy(scores, contrastive_targets(len(q_reps), len(p_reps), scores.device))
     return scores, loss
+
+
+def group_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[Q, Q*G] scores of queries against the batch's passages -> [Q, G]: each query against its own group."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    return scores[rows[:, None], rows[:, None] * group_size + torch.arange(group_size, device=scores.device)]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, student_temperature: float = 1.0,
+                      teacher_temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of each query's distribution over its group ([Q, G] scores each), averaged over the
+    queries: the student learns the teacher's ranking of the whole group, not only which passage is first."""
+    with torch.autocast(device_type=student.device.type, enabled=False):  # softmaxes in fp32, as the loss above
+        log_student = F.log_softmax(student.float() / student_temperature, dim=-1)
+        target = F.softmax(teacher.float().to(student.device) / teacher_temperature, dim=-1)
+        return F.kl_div(log_student, target, reduction="batchmean")
