@@ -80,3 +80,51 @@ def jax_one_step(config: dict) -> None:
     assert jax.device_count() == world_size * config["cpu_devices"], jax.devices()
     if rank == 0:
         Path(config["out"]).write_bytes(pickle.dumps((loss, leaves)))
+
+
+# ---- A cross-encoder's step: 2 DDP workers, each on half the queries' pair groups, against the whole batch.
+
+RERANK_BATCH = dict(queries=4, group_size=3, seed=31)
+
+
+def toy_pair_batch(queries: int, group_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random pairs [queries * group_size, 12] with token types, group-major (each query's positive first)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = queries * group_size
+    ids = torch.randint(5, 40, (rows, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[::2, 9:] = 0
+    return {"pair_input_ids": ids * mask, "pair_attention_mask": mask,
+            "pair_token_type_ids": (torch.arange(12) >= 5).long().expand(rows, 12).clone()}
+
+
+def reranker_gradients(model) -> dict[str, torch.Tensor]:
+    return gradients(unwrap(model).model)
+
+
+def rerank_one_step_gradients(config: dict) -> None:
+    """One reranker step on this worker's half of RERANK_BATCH under DDP; rank 0 saves the gradients."""
+    from raytev.modeling.reranker import Reranker
+    from raytev.modeling.training_step import rerank_step
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # the new head's initial weights, as the reference's
+    model = wrap_for_training(Reranker.from_pretrained(config["model"], trained=False))
+    rows = RERANK_BATCH["queries"] * RERANK_BATCH["group_size"] // world_size
+    batch = {name: tensor[rank * rows:(rank + 1) * rows] for name, tensor in toy_pair_batch(**RERANK_BATCH).items()}
+    rerank_step(model, batch, group_size=RERANK_BATCH["group_size"])
+    if rank == 0:
+        torch.save(reranker_gradients(model), Path(config["out"]))
+
+
+def rerank_full_batch_gradients(model_folder: Path) -> dict[str, torch.Tensor]:
+    """The same step in one process on the whole batch: the reference."""
+    from raytev.modeling.reranker import Reranker
+    from raytev.modeling.training_step import rerank_step
+
+    torch.manual_seed(0)
+    model = Reranker.from_pretrained(str(model_folder), trained=False).train()
+    rerank_step(model, toy_pair_batch(**RERANK_BATCH), group_size=RERANK_BATCH["group_size"])
+    return reranker_gradients(model)

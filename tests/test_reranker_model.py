@@ -12,10 +12,15 @@ import torch
 from helpers import save_tiny_bert, tiny_tokenizer
 
 from raytev.errors import RaytevError
-from raytev.modeling.reranker import Reranker, grouped_softmax_loss, tokenize_pairs
+from raytev.modeling.reranker import Reranker, grouped_softmax_loss
 
 QUERIES = ["what is a cat", "what is a cat", "dog barks", "dog barks"]
 PASSAGES = ["a cat is a small animal", "the dog barks", "the dog barks and barks", "a small cat"]
+
+
+def tokenize_pairs(tokenizer, queries, passages, max_len):
+    """The pairs as transformers tokenizes them (what CrossEncoder and Tevatron's reranker feed the model)."""
+    return dict(tokenizer(queries, passages, truncation=True, max_length=max_len, padding=True, return_tensors="pt"))
 
 
 def test_the_grouped_softmax_loss_equals_a_hand_computation():

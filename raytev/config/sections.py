@@ -173,6 +173,15 @@ class TrainingSection(Options):
 
 
 @dataclass(kw_only=True)
+class RerankSection(Options):
+    """How a cross-encoder reads a query and a passage together."""
+
+    rerank_max_len: int | None = option(
+        None, "Length of a query-passage pair in tokens; the longer of the two is cut first. Default: the length "
+              "a raytev reranker was trained with, else 512 (Tevatron's).", at_least=8)
+
+
+@dataclass(kw_only=True)
 class LoraSection(Options):
     """Parameter-efficient fine-tuning with LoRA adapters (peft), as Tevatron main's flags name it."""
 

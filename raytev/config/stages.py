@@ -23,6 +23,7 @@ from raytev.config.sections import (
     ModelSection,
     PrecisionSection,
     QueryModelSection,
+    RerankSection,
     RetrievalSection,
     TextSection,
     TrainingSection,
@@ -61,8 +62,11 @@ class ValidateConfig(Options):
 
 @dataclass(kw_only=True)
 class TrainConfig(TextStage):
-    """Fine-tune a dense retriever on Ray Train (resumes from output_dir's checkpoints)."""
+    """Fine-tune a dense retriever or a cross-encoder reranker on Ray Train (resumes from its checkpoints)."""
 
+    task: str = option("retrieve", "What to train: retrieve (a bi-encoder, contrastive loss over the batch) or rerank "
+                                   "(a cross-encoder scoring each query with each passage of its group, Tevatron's "
+                                   "reranker loss).", choices=("retrieve", "rerank"))
     output_dir: str = option(help="Where the trained model goes (a Hugging Face folder); its checkpoints/ "
                                   "subfolder lets an interrupted run resume.")
     push_to_hub: bool = option(False, "Upload the trained model to the Hugging Face Hub (a model repo, created if "
@@ -76,6 +80,7 @@ class TrainConfig(TextStage):
                                              "under --storage_path) once the model is exported, so output_dir holds "
                                              "only the model. The run can then no longer be resumed or extended.")
     training: TrainingSection = section(TrainingSection)
+    rerank: RerankSection = section(RerankSection)
     lora: LoraSection = section(LoraSection)
     backend: BackendSection = section(BackendSection)
     precision: PrecisionSection = section(PrecisionSection)
@@ -84,6 +89,17 @@ class TrainConfig(TextStage):
     def check(self) -> None:
         check_accelerators(self.backend, self.cluster)
         training = self.training
+        if self.task == "rerank":
+            retriever_only = {"--backend jax": self.backend.backend == "jax", "--grad_cache": training.grad_cache,
+                              "--fsdp": training.fsdp, "--untie_encoder": self.model.untie_encoder,
+                              "--save_merged_model": self.lora.save_merged_model}
+            given = [flag for flag, value in retriever_only.items() if value]
+            if given:
+                raise RaytevError(f"{', '.join(given)}: not for --task rerank (a cross-encoder scores each pair "
+                                  "on its own: no in-batch negatives to cache, one encoder, torch for now).")
+            if training.train_group_size < 2:
+                raise RaytevError("--task rerank learns from each query's positive against its negatives: give "
+                                  "--train_group_size 2 or more (Tevatron's reranker uses 8 to 16).")
         if self.backend.backend == "jax":
             torch_only = {"--lora": self.lora.lora, "--fsdp": training.fsdp,
                           "--gradient_checkpointing": training.gradient_checkpointing,

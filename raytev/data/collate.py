@@ -11,6 +11,7 @@ import numpy as np
 
 from raytev.config.sections import TrainingSection
 from raytev.data.cache import TokenTable
+from raytev.data.pairs import PairTemplate
 from raytev.data.sampling import GroupSampler
 
 
@@ -34,7 +35,9 @@ class TrainingCollator:
     """Turns a batch of query rows into model tensors; passages are group-major, each group's positive first.
 
     Output: query_input_ids / query_attention_mask [B, Lq] and passage_input_ids / passage_attention_mask
-    [B * train_group_size, Lp], so query i's positive is passage row i * train_group_size.
+    [B * train_group_size, Lp], so query i's positive is passage row i * train_group_size. With `pairs` (a
+    cross-encoder's template) instead: pair_input_ids / pair_attention_mask (/ pair_token_type_ids)
+    [B * train_group_size, L], query i's positive pair at row i * train_group_size.
     """
 
     sampler: GroupSampler
@@ -42,6 +45,7 @@ class TrainingCollator:
     epoch: int = 0
     pad_to_multiple_of: int = 8
     padding_side: str = "right"
+    pairs: PairTemplate | None = None
 
     def for_epoch(self, epoch: int) -> TrainingCollator:
         """The same collator sampling for another epoch."""
@@ -53,6 +57,10 @@ class TrainingCollator:
         for query_id, positives, negatives in zip(batch["query_id"], batch["positive_input_ids"],
                                                   batch["negative_input_ids"]):
             passages.extend(self.sampler.sample(str(query_id), positives, negatives, self.epoch))
+        if self.pairs is not None:
+            queries = [query for query in batch["input_ids"] for _ in range(self.sampler.train_group_size)]
+            return {f"pair_{name}": array for name, array in
+                    self.pairs.batch(queries, passages, self.pad_to_multiple_of, self.padding_side).items()}
         arrays = {}
         for prefix, sequences in (("query", batch["input_ids"]), ("passage", passages)):
             arrays[f"{prefix}_input_ids"], arrays[f"{prefix}_attention_mask"] = pad_token_lists(
@@ -60,9 +68,11 @@ class TrainingCollator:
         return arrays
 
     @classmethod
-    def for_table(cls, queries: TokenTable, training: TrainingSection, seed: int, epoch: int = 0) -> TrainingCollator:
-        """The collator for a prepared queries table, with the sampling and padding options of `training`."""
+    def for_table(cls, queries: TokenTable, training: TrainingSection, seed: int, epoch: int = 0,
+                  pairs: PairTemplate | None = None) -> TrainingCollator:
+        """The collator for a prepared queries table, with the sampling and padding options of `training` (and a
+        cross-encoder's pair template, to train a reranker)."""
         sampler = GroupSampler(training.train_group_size, seed, training.positive_passage_no_shuffle,
                                training.negative_passage_no_shuffle)
         return cls(sampler, queries.manifest["settings"]["pad_token_id"], epoch, training.pad_to_multiple_of,
-                   training.padding_side)
+                   training.padding_side, pairs)

@@ -127,14 +127,16 @@ def table_fingerprints(source: DataSource, data: DataSection, model: ResolvedMod
     setting that shapes it (the prompts and lengths the model resolved to among them)."""
     passage_settings = {"tokenizer": tokenizer_key, "max_len": model.passage_max_len,
                         "prefix": model.settings.passage_prefix, "separator": data.title_separator,
-                        "append_eos": model.append_eos_token}
+                        "append_eos": model.append_eos_token,
+                        **({"pair_segments": True} if model.pair_segments else {})}
     keys = {}
     if source.corpus is not None:
         keys["corpus"] = fingerprint(kind="corpus", content=source.corpus.content_fingerprint(file_hash),
                                        **passage_settings)
     if source.queries is not None:
         query_settings = {"tokenizer": tokenizer_key, "max_len": model.query_max_len,
-                          "prefix": model.settings.query_prefix, "append_eos": model.append_eos_token}
+                          "prefix": model.settings.query_prefix, "append_eos": model.append_eos_token,
+                          **({"pair_segments": True} if model.pair_segments else {})}
         passages: dict | str | None = None
         if source.has_groups:
             # Group passages come from the corpus table (then its key covers them) or are written inline.

@@ -52,17 +52,20 @@ def pad_token_id(tokenizer) -> int:
 class TextTokenizer:
     """Turns a batch of texts into token ids: prefix, truncation to `max_len`, optional EOS (picklable)."""
 
-    def __init__(self, tokenizer, max_len: int, prefix: str = "", append_eos: bool = False):
+    def __init__(self, tokenizer, max_len: int, prefix: str = "", append_eos: bool = False,
+                 special_tokens: bool = True):
         if append_eos and tokenizer.eos_token_id is None:
             raise RaytevError("--append_eos_token was given but the tokenizer has no EOS token.")
         self.tokenizer, self.max_len, self.prefix, self.append_eos = tokenizer, max_len, prefix, append_eos
+        self.special_tokens = special_tokens  # False: a bare segment of a cross-encoder's pair
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, special tokens included."""
         if self.prefix:
             texts = [self.prefix + text for text in texts]
         ids = self.tokenizer(texts, max_length=self.max_len - 1 if self.append_eos else self.max_len, truncation=True,
-                             padding=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+                             padding=False, return_attention_mask=False, return_token_type_ids=False,
+                             add_special_tokens=self.special_tokens)["input_ids"]
         if self.append_eos:
             # A tokenizer that ends every text with its EOS token itself gets no second one.
             eos = self.tokenizer.eos_token_id
@@ -71,13 +74,16 @@ class TextTokenizer:
 
     @classmethod
     def for_queries(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
-        """How `model` tokenizes queries: its query prompt and length."""
-        return cls(tokenizer, model.query_max_len, model.settings.query_prefix, model.append_eos_token)
+        """How `model` tokenizes queries: its query prompt and length (bare segments for a cross-encoder, whose
+        pairs get the EOS)."""
+        return cls(tokenizer, model.query_max_len, model.settings.query_prefix,
+                   model.append_eos_token and not model.pair_segments, not model.pair_segments)
 
     @classmethod
     def for_passages(cls, model: ResolvedModel, tokenizer) -> TextTokenizer:
         """How `model` tokenizes passages: its passage prompt and length."""
-        return cls(tokenizer, model.passage_max_len, model.settings.passage_prefix, model.append_eos_token)
+        return cls(tokenizer, model.passage_max_len, model.settings.passage_prefix,
+                   model.append_eos_token and not model.pair_segments, not model.pair_segments)
 
     def token_array(self, texts: list[str]) -> pa.ListArray:
         """Token ids of each text as an Arrow `list<int32>` array."""

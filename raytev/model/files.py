@@ -12,6 +12,7 @@ from raytev.bundled import resolve_model_path
 from raytev.errors import RaytevError
 
 SETTINGS_FILE = "raytev_model.json"
+RERANKER_FILE = "raytev_reranker.json"  # a raytev-trained cross-encoder's pair length and prompts
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's: a LoRA adapter folder, naming its base model
 # An untied raytev save holds its two encoders here, each a Hugging Face folder (both backends write and read them).
 QUERY_SUBFOLDER, PASSAGE_SUBFOLDER = "query_model", "passage_model"

@@ -25,9 +25,10 @@ from raytev.model.files import (
     tokenizer_dir,
 )
 from raytev.model.sentence_transformers import model_max_seq_length, sentence_transformers_defaults
-from raytev.model.settings import DenseModelSettings, read_saved_settings
+from raytev.model.settings import DenseModelSettings, read_reranker_settings, read_saved_settings
 
 DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128  # Tevatron's
+DEFAULT_RERANK_MAX_LEN = 512  # Tevatron's reranker
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ResolvedModel:
     attn_implementation: str | None = None
     torch_dtype: str | None = None  # dtype the weights load in (None: float32)
     separate_encoders: bool = False  # `path` is an untied raytev save: query_model/ and passage_model/
+    pair_segments: bool = False  # a cross-encoder's: texts are tokenized bare (raytev.data.pairs joins the pairs)
 
     @property
     def identity(self) -> str:
@@ -160,3 +162,22 @@ def resolve_folder(path_or_name: str | Path, cache_dir: str | None = None, untie
     section = ModelSection(model_name_or_path=str(path_or_name), cache_dir=cache_dir, untie_encoder=untied, **settings)
     return resolve_model(section, TextSection(query_prefix=query_prefix, passage_prefix=passage_prefix),
                          need_tokenizer=False)
+
+
+def resolve_reranker(model: ModelSection, text: TextSection | None = None, precision=None,
+                     rerank_max_len: int | None = None) -> ResolvedModel:
+    """A cross-encoder (or the encoder a reranker is trained from) resolved to read bare segments that pairs are
+    joined from, each cut at the pair length: the flag, else what a raytev reranker was trained with
+    (raytev_reranker.json), else 512. Prompts and EOS: the flags, else the reranker's own, else none."""
+    text = text or TextSection()
+    resolved = resolve_model(model, text, precision)
+    saved = read_reranker_settings(resolved.adapter or resolved.path, model.cache_dir)
+    length = rerank_max_len or (saved.rerank_max_len if saved else DEFAULT_RERANK_MAX_LEN)
+    query_prefix, passage_prefix, append_eos = (
+        given if given is not None else (getattr(saved, name) if saved else default)
+        for given, name, default in ((text.query_prefix, "query_prefix", ""),
+                                     (text.passage_prefix, "passage_prefix", ""),
+                                     (text.append_eos_token, "append_eos_token", False)))
+    settings = dataclasses.replace(resolved.settings, query_prefix=query_prefix, passage_prefix=passage_prefix)
+    return dataclasses.replace(resolved, settings=settings, query_max_len=length, passage_max_len=length,
+                               append_eos_token=append_eos, pair_segments=True)

@@ -1,4 +1,5 @@
-"""raytev_model.json: a dense model's pooling, normalization, temperature, tying, prompts and training lengths."""
+"""raytev_model.json: a dense model's pooling, normalization, temperature, tying, prompts and training lengths;
+raytev_reranker.json: a cross-encoder's pair length and prompts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from raytev.config.sections import POOLING_CHOICES
 from raytev.errors import RaytevError
-from raytev.model.files import SETTINGS_FILE, read_model_json
+from raytev.model.files import RERANKER_FILE, SETTINGS_FILE, read_model_json
 
 POOLING_ALIASES = {"eos": "last"}  # Tevatron main calls last-token pooling eos
 POOLING_METHODS = tuple(name for name in POOLING_CHOICES if name not in POOLING_ALIASES)
@@ -71,3 +72,30 @@ def read_saved_settings(path_or_name: str, cache_dir: str | None = None) -> Dens
     if not isinstance(values, dict):
         raise RaytevError(f"{path_or_name}/{SETTINGS_FILE} must hold a JSON object; fix or delete it")
     return DenseModelSettings.from_dict(values, f"{path_or_name}/{SETTINGS_FILE}")
+
+
+@dataclass(frozen=True)
+class RerankerSettings:
+    """How a raytev-trained cross-encoder reads its pairs: their length, the prompts, a final EOS."""
+
+    rerank_max_len: int
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    append_eos_token: bool = False
+
+    def save(self, directory: str | Path) -> None:
+        """Write these settings as raytev_reranker.json in `directory`."""
+        text = json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        (Path(directory) / RERANKER_FILE).write_text(text, encoding="utf-8")
+
+
+def read_reranker_settings(path_or_name: str, cache_dir: str | None = None) -> RerankerSettings | None:
+    """The settings a raytev reranker export left in its folder, or None for any other model."""
+    values = read_model_json(path_or_name, RERANKER_FILE, cache_dir)
+    if values is None:
+        return None
+    known = {field.name for field in dataclasses.fields(RerankerSettings)}
+    if not isinstance(values, dict) or not set(values) <= known or "rerank_max_len" not in values:
+        raise RaytevError(f"{path_or_name}/{RERANKER_FILE} must hold a JSON object with rerank_max_len (and "
+                          f"optionally {', '.join(sorted(known - {'rerank_max_len'}))}); fix or delete it")
+    return RerankerSettings(**values)

@@ -19,14 +19,16 @@ def is_adapted(encoder: torch.nn.Module) -> bool:
     return isinstance(encoder, PeftModel)
 
 
-def add_lora(encoder: PreTrainedModel, lora, base_reference: str | None = None) -> PeftModel:
-    """The encoder with fresh LoRA adapters from the --lora flags (a LoraSection); only they train.
+def add_lora(encoder: PreTrainedModel, lora, base_reference: str | None = None, task: str = "retrieve") -> PeftModel:
+    """The encoder with fresh LoRA adapters from the --lora flags (a LoraSection); only they train (and, for a
+    reranker's sequence classifier, its new head).
 
     `base_reference` is what the saved adapter will name as its base (the hub name the user gave, not a local
     cache path), so that the adapter folder loads anywhere.
     """
     config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                        target_modules=lora.target_modules, task_type=TaskType.FEATURE_EXTRACTION)
+                        target_modules=lora.target_modules,
+                        task_type=TaskType.SEQ_CLS if task == "rerank" else TaskType.FEATURE_EXTRACTION)
     try:
         adapted = get_peft_model(encoder, config)
     except ValueError as error:  # peft: "Target modules {...} not found in the base model"

@@ -17,6 +17,7 @@ import torch
 
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
+from raytev.modeling.reranker import grouped_softmax_loss
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -83,9 +84,9 @@ def micro_batches(batch: dict, count: int) -> list[dict]:
     are group-major, so the same cut applies to both)."""
     if count == 1:
         return [batch]
-    queries = len(batch["query_input_ids"])
-    if queries % count:
-        raise ValueError(f"{queries} queries cannot be cut into {count} equal micro-batches")
+    rows = len(next(iter(batch.values())))  # queries first (a retriever's), or group-major pairs (a reranker's)
+    if rows % count:
+        raise ValueError(f"{rows} rows cannot be cut into {count} equal micro-batches")
     parts = {name: tensor.chunk(count) for name, tensor in batch.items()}
     return [{name: chunks[index] for name, chunks in parts.items()} for index in range(count)]
 
@@ -96,6 +97,18 @@ def plain_step(model: torch.nn.Module, batch: dict, *, autocast_dtype: torch.dty
     detached."""
     with forward_precision(model, autocast_dtype):
         loss = model(query=query_inputs(batch), passage=passage_inputs(batch)).loss
+    backward_loss(loss * loss_scale, scaler)
+    return loss.detach()
+
+
+def rerank_step(model: torch.nn.Module, batch: dict, *, group_size: int, autocast_dtype: torch.dtype | None = None,
+                scaler=None, loss_scale: float = 1.0) -> torch.Tensor:
+    """A cross-encoder's step: score every pair, softmax over each query's group (its positive first), back-propagate
+    (times `loss_scale`); return the loss detached."""
+    pairs = {name.removeprefix("pair_"): tensor for name, tensor in batch.items()}
+    with forward_precision(model, autocast_dtype):
+        scores = model(pairs)
+    loss = grouped_softmax_loss(scores, group_size)
     backward_loss(loss * loss_scale, scaler)
     return loss.detach()
 

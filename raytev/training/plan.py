@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from raytev.config.stages import TrainConfig
 from raytev.data.cache import TokenTable
+from raytev.data.pairs import PairTemplate
 from raytev.errors import RaytevError
 from raytev.model.resolved import ResolvedModel
 from raytev.training.state import TrainerState
@@ -25,6 +26,7 @@ class TrainingPlan:
     torch_threads: int | None = None  # None: the node's cores shared among its workers
     resume_from: str | None = None  # a checkpoint found by the driver; Ray's own restore takes precedence
     progress: object | None = None  # a ray.util.queue.Queue the driver's progress bar reads (None: no bar)
+    pairs: PairTemplate | None = None  # --task rerank: how the cached segments join into the cross-encoder's pairs
 
     @property
     def training(self):

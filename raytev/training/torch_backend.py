@@ -1,6 +1,7 @@
-"""The torch backend of the worker loop: a DenseModel under DDP (or FSDP2 shards with --fsdp), AdamW, the linear
-schedule and a GradScaler, travelling as one `TorchTrainState`; the step (micro-batches, GradCache, autocast,
-clipping) and checkpoints with every random generator's state, for an exact resume."""
+"""The torch backend of the worker loop: a DenseModel (or, with --task rerank, a cross-encoder Reranker) under DDP
+(or FSDP2 shards with --fsdp), AdamW, the linear schedule and a GradScaler, travelling as one `TorchTrainState`; the
+step (micro-batches, GradCache, autocast, clipping) and checkpoints with every random generator's state, for an
+exact resume."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
-from raytev.modeling.training_step import grad_cache_step, gradient_sync, micro_batches, plain_step, unwrap
+from raytev.modeling.reranker import Reranker
+from raytev.modeling.training_step import grad_cache_step, gradient_sync, micro_batches, plain_step, rerank_step, unwrap
 from raytev.training.plan import TrainingPlan
 from raytev.training.sharding import (
     OPTIMIZER_SHARDS_DIR,
@@ -57,7 +59,7 @@ class TorchBackend:
                                                         // ray.train.get_context().get_local_world_size()))
         torch.manual_seed(plan.config.data.seed)
         self.device = ray.train.torch.get_device()
-        self.step_function = choose_step(plan.training)
+        self.step_function = choose_step(plan)
 
     def set_up(self, resume_dir: Path | None) -> None:
         """The model (the checkpoint's when resuming), optimizer, schedule and scaler, with their saved states."""
@@ -120,12 +122,18 @@ def train_step(state: TorchTrainState, batch: dict, step_function, plan: Trainin
     return loss
 
 
-def load_model(plan: TrainingPlan, resume_dir: Path | None) -> DenseModel:
+def load_model(plan: TrainingPlan, resume_dir: Path | None) -> DenseModel | Reranker:
     """The model this run trains: the checkpoint's when resuming, else the configured one with fresh LoRA
     adapters under --lora; gradient checkpointing switched on as asked."""
     model = plan.model
     if resume_dir is not None:  # a LoRA checkpoint's model/ is the adapter alone, on the run's base model
         model = model.saved_in(resume_dir / MODEL_DIR, adapter=plan.config.lora.lora or model.adapter is not None)
+    if plan.pairs is not None:  # a cross-encoder: a new head on the encoder, or the checkpoint's
+        reranker = Reranker.from_resolved(model, trained=resume_dir is not None, trainable_adapter=True,
+                                          lora=plan.config.lora if model.adapter is None else None)
+        if plan.training.gradient_checkpointing:
+            reranker.enable_gradient_checkpointing()
+        return reranker
     dense = DenseModel.from_resolved(model, cross_worker_negatives=plan.training.cross_worker_negatives,
                                      trainable_adapter=True)
     if plan.config.lora.lora and not dense.has_adapter:
@@ -135,8 +143,11 @@ def load_model(plan: TrainingPlan, resume_dir: Path | None) -> DenseModel:
     return dense
 
 
-def choose_step(training) -> callable:
-    """The plain full-batch step, or GradCache's chunked one with the configured chunk sizes."""
+def choose_step(plan: TrainingPlan) -> callable:
+    """The plain full-batch step, or GradCache's chunked one with the configured chunk sizes, or a reranker's."""
+    training = plan.training
+    if plan.pairs is not None:
+        return partial(rerank_step, group_size=training.train_group_size)
     if training.grad_cache:
         return partial(grad_cache_step, q_chunk_size=training.gc_q_chunk_size, p_chunk_size=training.gc_p_chunk_size)
     return plain_step

@@ -1,5 +1,5 @@
 """`raytev train` on the driver: prepare the data, plan the steps, run TorchTrainer (or JaxTrainer for --backend
-jax), export the model."""
+jax), export the model (a retriever, or with --task rerank a cross-encoder)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from pathlib import Path
 
 from raytev.config.fields import to_flags
 from raytev.config.stages import TrainConfig
+from raytev.data.pairs import PairTemplate
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError, user_error_of
-from raytev.model.files import ADAPTER_CONFIG_FILE, PASSAGE_SUBFOLDER, QUERY_SUBFOLDER, SETTINGS_FILE
-from raytev.model.resolved import ResolvedModel, resolve_model
+from raytev.model.files import ADAPTER_CONFIG_FILE, PASSAGE_SUBFOLDER, QUERY_SUBFOLDER, RERANKER_FILE, SETTINGS_FILE
+from raytev.model.resolved import ResolvedModel, resolve_model, resolve_reranker
 from raytev.model.sentence_transformers import WRITTEN_ENTRIES, write_sentence_transformers_files
-from raytev.model.settings import DenseModelSettings
+from raytev.model.settings import DenseModelSettings, RerankerSettings
 from raytev.staging import disk_full_as_error, publish_contents
 from raytev.training.plan import TrainingPlan, check_resumable, step_counts, torch_threads_for, training_warnings
 from raytev.training.state import MODEL_DIR, latest_checkpoint, read_trainer_state, remove_incomplete_checkpoints
@@ -36,6 +37,7 @@ MERGED_DIR = "merged"  # --save_merged_model's folder
 MODEL_ENTRIES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  QUERY_SUBFOLDER, PASSAGE_SUBFOLDER, ADAPTER_CONFIG_FILE, "adapter_model.safetensors", MERGED_DIR,
                  *WRITTEN_ENTRIES)
+MARKERS = (SETTINGS_FILE, RERANKER_FILE)  # what an export writes last: a retriever's, a reranker's
 
 
 @dataclass
@@ -74,7 +76,8 @@ def is_local(storage_path: str) -> bool:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Fine-tune a dense retriever on Ray Train and save it to `config.output_dir`."""
+    """Fine-tune a dense retriever (or a cross-encoder, --task rerank) on Ray Train and save it to
+    `config.output_dir`."""
     import ray.train
 
     from raytev.cluster import connect, cpus_per_worker
@@ -85,8 +88,14 @@ def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     training, cluster = config.training, config.cluster
     output_dir = Path(config.output_dir).expanduser().resolve()
-    model = resolve_model(config.model, config.text, config.precision)
+    rerank = config.task == "rerank"
+    if rerank:  # queries and passages cached as bare segments, joined into pairs as batches are made
+        model = resolve_reranker(config.model, config.text, config.precision, config.rerank.rerank_max_len)
+    else:
+        model = resolve_model(config.model, config.text, config.precision)
     prepared = prepare_data(config.data, model)
+    pairs = PairTemplate.from_tokenizer(model.load_tokenizer(), model.passage_max_len, model.append_eos_token,
+                                        prepared.queries.manifest["settings"]["pad_token_id"]) if rerank else None
 
     steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training)
     storage_path, run_name = checkpoint_location(output_dir, training.storage_path)
@@ -95,10 +104,12 @@ def train(config: TrainConfig) -> TrainResult:
         raise RaytevError("--num_workers 0 keeps checkpoints itself and needs a local --storage_path.")
     if training.overwrite_output_dir:  # forget an earlier run here: its checkpoints and its exported model's marker
         delete_checkpoints(run_dir, storage_path, run_name)
-        (output_dir / SETTINGS_FILE).unlink(missing_ok=True)
+        for marker in MARKERS:
+            (output_dir / marker).unlink(missing_ok=True)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
     plan = TrainingPlan(config, model, prepared.queries, steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
-                        torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None)
+                        torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None,
+                        pairs=pairs)
     if resume_from is not None:
         previous = read_trainer_state(resume_from)
         check_resumable(previous, plan, str(resume_from))
@@ -139,9 +150,10 @@ def train(config: TrainConfig) -> TrainResult:
             with result.checkpoint.as_directory() as final:
                 state = read_trainer_state(Path(final))
                 # The export records the lengths and EOS it was trained with, so that it is used with them again.
-                settings = dataclasses.replace(model.settings, query_max_len=model.query_max_len,
-                                               passage_max_len=model.passage_max_len,
-                                               append_eos_token=model.append_eos_token)
+                settings = RerankerSettings(model.passage_max_len, model.settings.query_prefix,
+                                            model.settings.passage_prefix, model.append_eos_token) if rerank else \
+                    dataclasses.replace(model.settings, query_max_len=model.query_max_len,
+                                        passage_max_len=model.passage_max_len, append_eos_token=model.append_eos_token)
                 export_model(Path(final), output_dir, model.tokenizer_dir, state.log, to_flags(config), settings)
             if config.lora.save_merged_model:
                 export_merged_model(output_dir, dataclasses.replace(model, settings=settings))
@@ -191,18 +203,19 @@ def cleaned_up_on_failure(output_dir: Path, run_dir: Path | None) -> Iterator[No
         if run_dir is not None:
             remove_incomplete_checkpoints(run_dir)
         if created and (run_dir is None or latest_checkpoint(run_dir) is None) \
-                and not (output_dir / SETTINGS_FILE).exists():
+                and not any((output_dir / marker).exists() for marker in MARKERS):
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
 
 
 def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, log: list[dict],
-                 arguments: dict, settings: DenseModelSettings) -> None:
+                 arguments: dict, settings: DenseModelSettings | RerankerSettings) -> None:
     """Put the checkpoint's model, its settings (`settings`: with the training lengths), the tokenizer, the
-    sentence-transformers files (tied models), the log and the flags (training_args.json, which `raytev train`
+    sentence-transformers files (tied retrievers), the log and the flags (training_args.json, which `raytev train`
     accepts back as its JSON-file form) at the top of output_dir.
 
-    raytev_model.json moves in last, so a folder that has it holds a complete model.
+    raytev_model.json (a reranker's raytev_reranker.json) moves in last, so a folder that has it holds a complete
+    model.
     """
     from transformers import AutoTokenizer
 
@@ -212,15 +225,17 @@ def export_model(checkpoint_dir: Path, output_dir: Path, tokenizer_dir: Path, lo
         shutil.copytree(checkpoint_dir / MODEL_DIR, staging)
         AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
         settings.save(staging)
-        # sentence-transformers has one length: the passages' (see write_sentence_transformers_files).
-        write_sentence_transformers_files(staging, settings, settings.passage_max_len)
+        if isinstance(settings, DenseModelSettings):  # a reranker's folder is CrossEncoder's already
+            # sentence-transformers has one length: the passages' (see write_sentence_transformers_files).
+            write_sentence_transformers_files(staging, settings, settings.passage_max_len)
         (staging / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
         (staging / ARGS_FILE).write_text(json.dumps(arguments, indent=2) + "\n")
-        for name in MODEL_ENTRIES:
+        for name in (*MODEL_ENTRIES, *MARKERS):
             if not (staging / name).exists() and (output_dir / name).exists():
                 stale = output_dir / name
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        publish_contents(staging, output_dir, last=SETTINGS_FILE)
+        publish_contents(staging, output_dir,
+                         last=SETTINGS_FILE if isinstance(settings, DenseModelSettings) else RERANKER_FILE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -92,7 +92,7 @@ def remaining_batches(plan: TrainingPlan, state: TrainerState, shard) -> Iterato
     batches done before its checkpoint and trains on exactly the ones an uninterrupted run would.
     """
     training, seed = plan.training, plan.config.data.seed
-    collator = TrainingCollator.for_table(plan.queries, training, seed)
+    collator = TrainingCollator.for_table(plan.queries, training, seed, pairs=plan.pairs)
     while state.step < plan.total_steps:
         batches = iter_training_batches(shard, collator.for_epoch(state.epoch), training.queries_per_worker_step,
                                         steps=plan.steps_per_epoch, skip=state.step_in_epoch,
