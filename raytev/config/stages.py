@@ -216,6 +216,28 @@ class EvalConfig(Options):
 
 
 @dataclass(kw_only=True)
+class RerankConfig(TextStage):
+    """Rerank a run's top passages with a cross-encoder on a pool of Ray actors, write the new run, evaluate it."""
+
+    run: str = option(help="Run to rerank: Tevatron `qid docid score` or TREC six columns (what `raytev search` "
+                           "writes).")
+    save_ranking_to: str = option(help="Run file to write: each query's top --rerank_depth passages, reranked.",
+                                  aliases=("rerank_output_path",))
+    rerank_depth: int = option(100, "Passages of each query reranked (the run's best first).", at_least=1)
+    format: str = option("tevatron", "Run format written: tevatron (qid docid score), trec or msmarco.",
+                         choices=("tevatron", "trec", "msmarco"))
+    qrels: str | None = option(None, "Qrels to evaluate the run before and after reranking. Default: the dataset's "
+                                     "split (a BEIR folder or bundled dataset); none for other data.")
+    overwrite_output: bool = option(False, "Rerank everything again instead of keeping the parts an interrupted run "
+                                           "finished.")
+    rerank: RerankSection = section(RerankSection)
+    inference: InferenceSection = section(InferenceSection)
+    actors: ActorPoolSection = section(ActorPoolSection)
+    precision: PrecisionSection = section(PrecisionSection)
+    cluster: ClusterSection = section(ClusterSection)
+
+
+@dataclass(kw_only=True)
 class MineConfig(RetrievalStage):
     """Mine hard negatives with a model's own retrieval into Tevatron training JSONL."""
 
@@ -375,6 +397,7 @@ STAGES = (
     Stage("index", "build_index", IndexConfig, "raytev.index.files:build_index_files"),
     Stage("search", "search", SearchConfig, "raytev.index.files:search_files"),
     Stage("eval", "evaluate", EvalConfig, "raytev.eval.files:evaluate_files"),
+    Stage("rerank", "rerank", RerankConfig, "raytev.reranking.rerank:rerank"),
     Stage("mine", "mine", MineConfig, "raytev.workflows.mining:mine"),
     Stage("pipeline", "pipeline", PipelineConfig, "raytev.workflows.pipeline:run_pipeline"),
     Stage("demo", "demo", DemoConfig, "raytev.workflows.demo:run_demo"),

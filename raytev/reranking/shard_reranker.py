@@ -1,0 +1,85 @@
+"""One output part per call: read its queries' candidates from the cache, score every pair, write the part's run
+lines where it runs. Reranking actors run this (the driver hears back counts only); `--num_actors 0` calls it
+in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from raytev.data.pairs import PairTemplate
+from raytev.data.runs import write_run
+from raytev.encoding.shard_encoder import read_row_range
+from raytev.model.resolved import ResolvedModel
+
+COLUMNS = ["row", "query_id", "input_ids", "docids", "candidate_input_ids"]
+
+
+def part_name(index: int) -> str:
+    """The file name of output part `index`."""
+    return f"part-{index:05d}.tsv"
+
+
+class ShardReranker:
+    """Scores the candidates of query rows [low, high) into run files of `output`; one per actor."""
+
+    def __init__(self, table_files: list[str], output: str, model: ResolvedModel, pairs: PairTemplate,
+                 batch_size: int, device: str = "cpu", torch_threads: int | None = None, run_format: str = "tevatron"):
+        self.table = pads.dataset(table_files, format="parquet")
+        self.output, self.pairs, self.batch_size, self.run_format = output, pairs, batch_size, run_format
+        self.score = torch_scorer(model, device, torch_threads)
+
+    def rerank_part(self, index: int, low: int, high: int) -> tuple[int, int, int]:
+        """Rerank query rows [low, high) into part `index` (complete or absent); return (index, queries, pairs)."""
+        from pathlib import Path
+
+        rows = read_row_range(self.table, COLUMNS, low, high)
+        queries = rows.column("input_ids").to_pylist()
+        candidates = rows.column("candidate_input_ids").to_pylist()
+        counts = np.array([len(group) for group in candidates], dtype=np.int64)
+        flat_queries = [query for query, count in zip(queries, counts) for _ in range(count)]
+        flat_passages = [passage for group in candidates for passage in group]
+        scores = self.score_pairs(flat_queries, flat_passages)
+        depth = int(counts.max(initial=0))
+        # Each query's candidates best first (the first stage's order among equal scores); short lists padded.
+        ranked_scores = np.full((len(counts), depth), -np.inf, dtype=np.float32)
+        ranked_docids = np.full((len(counts), depth), None, dtype=object)
+        docids = rows.column("docids").to_pylist()
+        start = 0
+        for query, count in enumerate(counts):
+            group = scores[start:start + count]
+            order = np.argsort(-group, kind="stable")
+            ranked_scores[query, :count] = group[order]
+            ranked_docids[query, :count] = np.asarray(docids[query], dtype=object)[order]
+            start += count
+        write_run(Path(self.output) / part_name(index), rows.column("query_id").to_pylist(), ranked_scores,
+                  ranked_docids, format=self.run_format)
+        return index, len(counts), len(flat_passages)
+
+    def score_pairs(self, queries: list, passages: list) -> np.ndarray:
+        """float32 scores of the pairs, longest first in batches (little padding), returned in their order."""
+        order = np.argsort([-(len(query) + len(passage)) for query, passage in zip(queries, passages)], kind="stable")
+        scores = np.empty(len(order), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start:start + self.batch_size]
+            scores[chosen] = self.score(self.pairs.batch([queries[i] for i in chosen], [passages[i] for i in chosen]))
+        return scores
+
+
+def torch_scorer(model: ResolvedModel, device: str, torch_threads: int | None):
+    """Padded pair arrays -> float32 numpy scores with the torch Reranker (in --bf16 / --fp16 weights if asked)."""
+    import torch
+
+    from raytev.modeling.reranker import Reranker
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = torch.device(device)
+    weights = getattr(torch, model.dtype) if model.dtype else torch.float32
+    reranker = Reranker.from_resolved(model).to(device, weights).eval()
+
+    def run(pairs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return reranker({name: torch.from_numpy(array).to(device) for name, array in pairs.items()}).cpu().numpy()
+
+    return run
