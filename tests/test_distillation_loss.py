@@ -25,6 +25,8 @@ def test_the_kl_gradient_equals_its_closed_form():
     assert distillation_loss(teacher / teacher_temperature, teacher, 1.0, teacher_temperature).item() < 1e-9
 
 
-def test_group_scores_pick_each_querys_own_passages():
-    scores = torch.arange(2 * 6, dtype=torch.float32).view(2, 6)  # 2 queries x (2 groups of 3 passages)
-    assert group_scores(scores, 3).tolist() == [[0, 1, 2], [9, 10, 11]]
+def test_group_scores_are_each_querys_own_passages():
+    generator = torch.Generator().manual_seed(1)
+    q_reps, p_reps = torch.randn(2, 4, generator=generator), torch.randn(6, 4, generator=generator)
+    full = q_reps @ p_reps.T / 0.5  # 2 queries x (2 groups of 3 passages)
+    assert torch.allclose(group_scores(q_reps, p_reps, 0.5), torch.stack([full[0, :3], full[1, 3:]]), atol=1e-6)

@@ -79,16 +79,37 @@ class TrainConfig(TextStage):
     remove_checkpoints: bool = option(False, "Delete the run's checkpoints (output_dir/checkpoints, or its folder "
                                              "under --storage_path) once the model is exported, so output_dir holds "
                                              "only the model. The run can then no longer be resumed or extended.")
+    distill_from: str | None = option(
+        None, "Train the retriever on a teacher's scores: a reranker folder (a cross-encoder: `raytev train --task "
+              "rerank`'s, or any with a one-label head) scores every passage of the training groups once, before "
+              "training (kept in the token cache); the loss is the KL divergence of each group's distributions.")
+    distil_temperature: float = option(1.0, "The teacher's scores are divided by this before their softmax (the "
+                                            "student's are its similarities over --temperature).")
+    distil_weight: float = option(1.0, "Share of the distillation loss: 1 distils alone, 0.5 mixes it half and half "
+                                       "with the contrastive loss.")
     training: TrainingSection = section(TrainingSection)
     rerank: RerankSection = section(RerankSection)
     lora: LoraSection = section(LoraSection)
     backend: BackendSection = section(BackendSection)
     precision: PrecisionSection = section(PrecisionSection)
+    inference: InferenceSection = section(InferenceSection)
+    actors: ActorPoolSection = section(ActorPoolSection)
     cluster: ClusterSection = section(ClusterSection)
 
     def check(self) -> None:
         check_accelerators(self.backend, self.cluster)
         training = self.training
+        if self.distill_from:
+            refused = {"--task rerank": self.task == "rerank", "--grad_cache": training.grad_cache,
+                       "--backend jax": self.backend.backend == "jax"}
+            given = [flag for flag, value in refused.items() if value]
+            if given:
+                raise RaytevError(f"--distill_from with {', '.join(given)}: distillation trains a torch retriever "
+                                  "with plain steps for now.")
+            if not 0 < self.distil_weight <= 1:
+                raise RaytevError(f"--distil_weight must be in (0, 1], got {self.distil_weight}")
+            if not self.distil_temperature > 0:
+                raise RaytevError(f"--distil_temperature must be above 0, got {self.distil_temperature}")
         if self.task == "rerank":
             retriever_only = {"--backend jax": self.backend.backend == "jax", "--grad_cache": training.grad_cache,
                               "--fsdp": training.fsdp, "--untie_encoder": self.model.untie_encoder,

@@ -30,6 +30,13 @@ def pad_token_lists(sequences: Sequence[Sequence[int]], pad_token_id: int, multi
     return input_ids, attention_mask
 
 
+def teacher_scores(batch: dict[str, np.ndarray]):
+    """Each row's (positive scores, negative scores) of a teacher, or None per row when the table has none."""
+    if "positive_scores" not in batch:
+        return [None] * len(batch["query_id"])
+    return zip(batch["positive_scores"], batch["negative_scores"])
+
+
 @dataclass(frozen=True)
 class TrainingCollator:
     """Turns a batch of query rows into model tensors; passages are group-major, each group's positive first.
@@ -37,7 +44,8 @@ class TrainingCollator:
     Output: query_input_ids / query_attention_mask [B, Lq] and passage_input_ids / passage_attention_mask
     [B * train_group_size, Lp], so query i's positive is passage row i * train_group_size. With `pairs` (a
     cross-encoder's template) instead: pair_input_ids / pair_attention_mask (/ pair_token_type_ids)
-    [B * train_group_size, L], query i's positive pair at row i * train_group_size.
+    [B * train_group_size, L], query i's positive pair at row i * train_group_size. A table with a teacher's
+    scores (positive_scores, negative_scores) adds teacher_scores [B, train_group_size], in the passages' order.
     """
 
     sampler: GroupSampler
@@ -53,10 +61,17 @@ class TrainingCollator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs for a batch of rows from a prepared queries table."""
-        passages = []
-        for query_id, positives, negatives in zip(batch["query_id"], batch["positive_input_ids"],
-                                                  batch["negative_input_ids"]):
-            passages.extend(self.sampler.sample(str(query_id), positives, negatives, self.epoch))
+        passages, teacher = [], []
+        for query_id, positives, negatives, scores in zip(batch["query_id"], batch["positive_input_ids"],
+                                                          batch["negative_input_ids"], teacher_scores(batch)):
+            if scores is None:
+                passages.extend(self.sampler.sample(str(query_id), positives, negatives, self.epoch))
+                continue
+            # The teacher's score travels with its passage through the sampling.
+            group = self.sampler.sample(str(query_id), list(zip(positives, scores[0])), list(zip(negatives, scores[1])),
+                                        self.epoch)
+            passages.extend(passage for passage, _ in group)
+            teacher.append([score for _, score in group])
         if self.pairs is not None:
             queries = [query for query in batch["input_ids"] for _ in range(self.sampler.train_group_size)]
             return {f"pair_{name}": array for name, array in
@@ -65,6 +80,8 @@ class TrainingCollator:
         for prefix, sequences in (("query", batch["input_ids"]), ("passage", passages)):
             arrays[f"{prefix}_input_ids"], arrays[f"{prefix}_attention_mask"] = pad_token_lists(
                 sequences, self.pad_token_id, self.pad_to_multiple_of, self.padding_side)
+        if teacher:
+            arrays["teacher_scores"] = np.asarray(teacher, dtype=np.float32)
         return arrays
 
     @classmethod

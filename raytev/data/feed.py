@@ -12,6 +12,7 @@ from raytev.data.collate import TrainingCollator
 from raytev.errors import RaytevError
 
 TRAINING_COLUMNS = ["query_id", "input_ids", "positive_input_ids", "negative_input_ids"]
+TEACHER_COLUMNS = ["positive_scores", "negative_scores"]  # a distillation table's teacher scores
 
 
 def training_dataset(queries: TokenTable, train_group_size: int, read_cpus: float = 0.5) -> ray.data.Dataset:
@@ -26,7 +27,8 @@ def training_dataset(queries: TokenTable, train_group_size: int, read_cpus: floa
         raise RaytevError(f"some queries of {queries.manifest['source']} have no negative passage, but "
                           f"--train_group_size {train_group_size} needs {train_group_size - 1} per query: add "
                           "negatives (or mine them), or use --train_group_size 1 (in-batch negatives only).")
-    return ray.data.read_parquet(queries.files, columns=TRAINING_COLUMNS, num_cpus=read_cpus)
+    columns = TRAINING_COLUMNS + (TEACHER_COLUMNS if queries.manifest.get("teacher") else [])
+    return ray.data.read_parquet(queries.files, columns=columns, num_cpus=read_cpus)
 
 
 def ordered_ingest():

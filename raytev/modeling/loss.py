@@ -66,10 +66,12 @@ def contrastive_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: fl
     return scores, loss
 
 
-def group_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[Q, Q*G] scores of queries against the batch's passages -> [Q, G]: each query against its own group."""
-    rows = torch.arange(scores.shape[0], device=scores.device)
-    return scores[rows[:, None], rows[:, None] * group_size + torch.arange(group_size, device=scores.device)]
+def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[Q, G] scores (fp32, over `temperature`) of each query against its own group of the group-major [Q*G, H]
+    passages: this worker's, so each worker distils its own queries and DDP averages them."""
+    with torch.autocast(device_type=q_reps.device.type, enabled=False):
+        grouped = p_reps.float().view(q_reps.shape[0], -1, p_reps.shape[-1])
+        return torch.einsum("qh,qgh->qg", q_reps.float(), grouped) / temperature
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, student_temperature: float = 1.0,

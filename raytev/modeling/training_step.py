@@ -17,6 +17,7 @@ import torch
 
 from raytev.errors import RaytevError
 from raytev.modeling.dense import DenseModel
+from raytev.modeling.loss import distillation_loss, group_scores
 from raytev.modeling.reranker import grouped_softmax_loss
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -97,6 +98,21 @@ def plain_step(model: torch.nn.Module, batch: dict, *, autocast_dtype: torch.dty
     detached."""
     with forward_precision(model, autocast_dtype):
         loss = model(query=query_inputs(batch), passage=passage_inputs(batch)).loss
+    backward_loss(loss * loss_scale, scaler)
+    return loss.detach()
+
+
+def distill_step(model: torch.nn.Module, batch: dict, *, distil_temperature: float = 1.0, distil_weight: float = 1.0,
+                 autocast_dtype: torch.dtype | None = None, scaler=None, loss_scale: float = 1.0) -> torch.Tensor:
+    """A retriever's step on a teacher's scores: KL of the teacher's distribution over each group (its scores over
+    `distil_temperature`) to the student's (similarities over the model's temperature), mixed with the contrastive
+    loss by `distil_weight` (1: distillation alone); back-propagated (times `loss_scale`), returned detached."""
+    with forward_precision(model, autocast_dtype):
+        output = model(query=query_inputs(batch), passage=passage_inputs(batch))
+    student = group_scores(output.q_reps, output.p_reps, unwrap(model).settings.temperature)
+    loss = distillation_loss(student, batch["teacher_scores"], 1.0, distil_temperature)
+    if distil_weight < 1:
+        loss = distil_weight * loss + (1 - distil_weight) * output.loss
     backward_loss(loss * loss_scale, scaler)
     return loss.detach()
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,24 +139,28 @@ def reranker_options(table: TokenTable, parts_dir: Path, model: ResolvedModel, p
 def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], parts_dir: Path, model: ResolvedModel,
                    pairs: PairTemplate, config: RerankConfig) -> int:
     """Rerank the unfinished parts on a pool of actors, each writing the parts it scores."""
+    options = reranker_options(table, parts_dir, model, pairs, config)
+    calls = [(index, low, high) for index, (low, high) in todo.items()]
+    return count_scored(on_rerankers(options, "rerank_part", calls, config.actors, config.cluster), todo)
+
+
+def on_rerankers(options: dict, method: str, calls: list[tuple], actors, cluster) -> Iterator:
+    """The results of ShardReranker.<method>(*call) for each call, in any order, on a pool of actors
+    (--num_actors of them, each restarted and its call run again if it is lost)."""
     import ray
     from ray.util import ActorPool
 
     from raytev.cluster import connect, node_cpus
 
-    actors, cluster = config.actors, config.cluster
     connect(cluster.address, cluster.verbose, dashboard=False)
-    pool_size = min(actors.num_actors, len(todo))
+    pool_size = min(actors.num_actors, len(calls))
     resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
-    options = reranker_options(table, parts_dir, model, pairs, config,
-                               torch_threads=None if cluster.use_gpu else max(1, node_cpus() // pool_size))
-    # A lost actor is restarted and its part scored again: a part is complete or absent whichever copy finishes.
+    options = {**options, "torch_threads": None if cluster.use_gpu else max(1, node_cpus() // pool_size)}
+    # A part is complete or absent whichever copy of a retried call finishes (parts are written by rename).
     remote = ray.remote(max_restarts=-1, max_task_retries=-1, **resources)(ShardReranker)
     rerankers = [remote.remote(**options) for _ in range(pool_size)]
     try:
-        done = ActorPool(rerankers).map_unordered(lambda actor, part: actor.rerank_part.remote(*part),
-                                                  [(index, low, high) for index, (low, high) in todo.items()])
-        return count_scored(done, todo)
+        yield from ActorPool(rerankers).map_unordered(lambda actor, call: getattr(actor, method).remote(*call), calls)
     finally:
         for reranker in rerankers:
             ray.kill(reranker)

@@ -13,6 +13,7 @@ from raytev.encoding.shard_encoder import read_row_range
 from raytev.model.resolved import ResolvedModel
 
 COLUMNS = ["row", "query_id", "input_ids", "docids", "candidate_input_ids"]
+GROUP_COLUMNS = ["row", "input_ids", "positive_input_ids", "negative_input_ids"]  # a training groups table's
 
 
 def part_name(index: int) -> str:
@@ -55,6 +56,18 @@ class ShardReranker:
         write_run(Path(self.output) / part_name(index), rows.column("query_id").to_pylist(), ranked_scores,
                   ranked_docids, format=self.run_format)
         return index, len(counts), len(flat_passages)
+
+    def score_groups(self, low: int, high: int) -> tuple[int, list[list[float]], list[list[float]]]:
+        """Scores of every positive and negative of training-group rows [low, high): (low, positives' scores,
+        negatives' scores), each a list per row in the table's order of passages."""
+        rows = read_row_range(self.table, GROUP_COLUMNS, low, high)
+        queries, lists = rows.column("input_ids").to_pylist(), []
+        for name in ("positive_input_ids", "negative_input_ids"):
+            groups = rows.column(name).to_pylist()
+            pairs = [(query, passage) for query, group in zip(queries, groups) for passage in group]
+            scores = iter(self.score_pairs([query for query, _ in pairs], [passage for _, passage in pairs]).tolist())
+            lists.append([[next(scores) for _ in group] for group in groups])
+        return low, lists[0], lists[1]
 
     def score_pairs(self, queries: list, passages: list) -> np.ndarray:
         """float32 scores of the pairs, longest first in batches (little padding), returned in their order."""

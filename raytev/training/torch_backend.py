@@ -21,7 +21,15 @@ from transformers import get_linear_schedule_with_warmup
 from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.reranker import Reranker
-from raytev.modeling.training_step import grad_cache_step, gradient_sync, micro_batches, plain_step, rerank_step, unwrap
+from raytev.modeling.training_step import (
+    distill_step,
+    grad_cache_step,
+    gradient_sync,
+    micro_batches,
+    plain_step,
+    rerank_step,
+    unwrap,
+)
 from raytev.training.plan import TrainingPlan
 from raytev.training.sharding import (
     OPTIMIZER_SHARDS_DIR,
@@ -148,6 +156,9 @@ def choose_step(plan: TrainingPlan) -> callable:
     training = plan.training
     if plan.pairs is not None:
         return partial(rerank_step, group_size=training.train_group_size)
+    if plan.config.distill_from:
+        return partial(distill_step, distil_temperature=plan.config.distil_temperature,
+                       distil_weight=plan.config.distil_weight)
     if training.grad_cache:
         return partial(grad_cache_step, q_chunk_size=training.gc_q_chunk_size, p_chunk_size=training.gc_p_chunk_size)
     return plain_step

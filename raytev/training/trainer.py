@@ -18,6 +18,7 @@ from pathlib import Path
 
 from raytev.config.fields import to_flags
 from raytev.config.stages import TrainConfig
+from raytev.data.cache import default_cache_dir
 from raytev.data.pairs import PairTemplate
 from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError, user_error_of
@@ -94,10 +95,17 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         model = resolve_model(config.model, config.text, config.precision)
     prepared = prepare_data(config.data, model)
+    queries = prepared.queries
+    if config.distill_from:  # the groups with the teacher's score of each passage
+        from raytev.reranking.teacher import distillation_table
+
+        cache_dir = Path(config.data.dataset_cache_dir).expanduser() if config.data.dataset_cache_dir else \
+            default_cache_dir()
+        queries = distillation_table(queries, config, cache_dir)
     pairs = PairTemplate.from_tokenizer(model.load_tokenizer(), model.passage_max_len, model.append_eos_token,
                                         prepared.queries.manifest["settings"]["pad_token_id"]) if rerank else None
 
-    steps_per_epoch, total_steps = step_counts(prepared.queries.rows, training)
+    steps_per_epoch, total_steps = step_counts(queries.rows, training)
     storage_path, run_name = checkpoint_location(output_dir, training.storage_path)
     run_dir = Path(storage_path) / run_name if is_local(storage_path) else None
     if training.num_workers == 0 and run_dir is None:
@@ -107,7 +115,7 @@ def train(config: TrainConfig) -> TrainResult:
         for marker in MARKERS:
             (output_dir / marker).unlink(missing_ok=True)
     resume_from = latest_checkpoint(run_dir) if run_dir else None
-    plan = TrainingPlan(config, model, prepared.queries, steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
+    plan = TrainingPlan(config, model, queries, steps_per_epoch, total_steps, str(run_dir) if run_dir else "",
                         torch_threads_for(training.cpus_per_worker), str(resume_from) if resume_from else None,
                         pairs=pairs)
     if resume_from is not None:
@@ -121,7 +129,7 @@ def train(config: TrainConfig) -> TrainResult:
     for warning in training_warnings(config):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     connect(cluster.address, cluster.verbose)
-    dataset = training_dataset(prepared.queries, training.train_group_size)
+    dataset = training_dataset(queries, training.train_group_size)
     # Each epoch re-reads the groups; the training bar already shows progress, Ray Data's bars would repeat it.
     dataset.context.enable_progress_bars = False
     cpus = cpus_per_worker(training.num_workers, cluster.use_gpu or cluster.use_tpu, training.cpus_per_worker)
