@@ -418,7 +418,7 @@ STAGES = (
     Stage("index", "build_index", IndexConfig, "raytev.index.files:build_index_files"),
     Stage("search", "search", SearchConfig, "raytev.index.files:search_files"),
     Stage("eval", "evaluate", EvalConfig, "raytev.eval.files:evaluate_files"),
-    Stage("rerank", "rerank", RerankConfig, "raytev.reranking.rerank:rerank"),
+    Stage("rerank", "rerank", RerankConfig, "raytev.workflows.rerank:rerank"),
     Stage("mine", "mine", MineConfig, "raytev.workflows.mining:mine"),
     Stage("pipeline", "pipeline", PipelineConfig, "raytev.workflows.pipeline:run_pipeline"),
     Stage("demo", "demo", DemoConfig, "raytev.workflows.demo:run_demo"),

@@ -16,7 +16,7 @@ from raytev.data.prepare import prepare_data
 from raytev.errors import RaytevError
 from raytev.model.resolved import ResolvedModel, resolve_reranker
 from raytev.progress import progress_bar
-from raytev.reranking.rerank import on_rerankers
+from raytev.reranking.pool import on_rerankers
 from raytev.reranking.shard_reranker import ShardReranker
 
 ROWS_PER_CALL = 64  # training groups an actor scores per call

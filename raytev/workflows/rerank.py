@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from raytev.eval.metrics import Evaluation, coverage_line, evaluate_run_file
 from raytev.model.resolved import ResolvedModel, resolve_reranker
 from raytev.progress import progress_bar
 from raytev.reranking.candidates import candidates_table
+from raytev.reranking.pool import on_rerankers
 from raytev.reranking.shard_reranker import ShardReranker, part_name
 from raytev.staging import staged_file, write_json_file
 
@@ -142,28 +143,6 @@ def run_actor_pool(table: TokenTable, todo: dict[int, tuple[int, int]], parts_di
     options = reranker_options(table, parts_dir, model, pairs, config)
     calls = [(index, low, high) for index, (low, high) in todo.items()]
     return count_scored(on_rerankers(options, "rerank_part", calls, config.actors, config.cluster), todo)
-
-
-def on_rerankers(options: dict, method: str, calls: list[tuple], actors, cluster) -> Iterator:
-    """The results of ShardReranker.<method>(*call) for each call, in any order, on a pool of actors
-    (--num_actors of them, each restarted and its call run again if it is lost)."""
-    import ray
-    from ray.util import ActorPool
-
-    from raytev.cluster import connect, node_cpus
-
-    connect(cluster.address, cluster.verbose, dashboard=False)
-    pool_size = min(actors.num_actors, len(calls))
-    resources = {"num_gpus": 1} if cluster.use_gpu else {"num_cpus": actors.cpus_per_actor}
-    options = {**options, "torch_threads": None if cluster.use_gpu else max(1, node_cpus() // pool_size)}
-    # A part is complete or absent whichever copy of a retried call finishes (parts are written by rename).
-    remote = ray.remote(max_restarts=-1, max_task_retries=-1, **resources)(ShardReranker)
-    rerankers = [remote.remote(**options) for _ in range(pool_size)]
-    try:
-        yield from ActorPool(rerankers).map_unordered(lambda actor, call: getattr(actor, method).remote(*call), calls)
-    finally:
-        for reranker in rerankers:
-            ray.kill(reranker)
 
 
 def run_in_process(table: TokenTable, todo: dict[int, tuple[int, int]], parts_dir: Path, model: ResolvedModel,
