@@ -74,6 +74,23 @@ def test_distillation_trains_the_retriever_alone_and_mixed(ray_session, world, t
     assert mixed.steps == 2 and mixed.log[0]["loss"] != pytest.approx(alone.log[0]["loss"])
 
 
+def test_a_run_file_gives_the_teacher_scores_and_must_cover_every_passage(world, tmp_path):
+    lines = [(group["query_id"], passage["docid"], index * 0.25)
+             for group in world["groups"]
+             for index, passage in enumerate(group["positive_passages"] + group["negative_passages"])]
+    run = tmp_path / "teacher-run.txt"
+    run.write_text("".join(f"{qid}\t{docid}\t{score}\n" for qid, docid, score in lines))
+    config = make_config(TrainConfig, **{**world["flags"], "distill_from": str(run)}, **TINY)
+    queries = prepare_data(config.data, resolve_model(config.model, config.text)).queries
+    rows = distillation_table(queries, config, default_cache_dir()).read(["positive_scores", "negative_scores"])
+    assert [score for row in rows.to_pylist() for score in row["positive_scores"] + row["negative_scores"]] == \
+        [score for _, _, score in lines]
+    run.write_text("".join(f"{qid}\t{docid}\t{score}\n" for qid, docid, score in lines[1:]))
+    config = make_config(TrainConfig, **{**world["flags"], "distill_from": str(run)}, **TINY)
+    with pytest.raises(RaytevError, match=f"no score for query 'q0' and passage '{lines[0][1]}'"):
+        distillation_table(queries, config, default_cache_dir())
+
+
 def test_distillation_refuses_what_it_cannot_do(world):
     with pytest.raises(RaytevError, match="--distill_from with --grad_cache"):
         raytev.train(**world["flags"], **TINY, grad_cache=True)

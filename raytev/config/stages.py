@@ -82,7 +82,8 @@ class TrainConfig(TextStage):
     distill_from: str | None = option(
         None, "Train the retriever on a teacher's scores: a reranker folder (a cross-encoder: `raytev train --task "
               "rerank`'s, or any with a one-label head) scores every passage of the training groups once, before "
-              "training (kept in the token cache); the loss is the KL divergence of each group's distributions.")
+              "training (kept in the token cache), or a run file gives them (`raytev rerank`'s output: it must score "
+              "every passage of every group); the loss is the KL divergence of each group's distributions.")
     distil_temperature: float = option(1.0, "The teacher's scores are divided by this before their softmax (the "
                                             "student's are its similarities over --temperature).")
     distil_weight: float = option(1.0, "Share of the distillation loss: 1 distils alone, 0.5 mixes it half and half "
