@@ -140,3 +140,23 @@ def test_bad_runs_and_folders_are_refused_with_nothing_written(world, tmp_path):
     with pytest.raises(RaytevError, match="no sequence-classification head"):
         rerank(world, output, model_name_or_path=str(world["root"] / "encoder"))
     assert outputs(tmp_path) == [bad_run.name]  # no run, no parts folder
+
+
+@pytest.mark.slow
+def test_the_pipeline_reranks_its_run_when_given_a_reranker(ray_session, world, tmp_path):
+    from helpers import make_tiny_beir
+
+    from raytev.cli import main
+
+    beir, out = make_tiny_beir(tmp_path), tmp_path / "out"
+    assert main(["pipeline", "--model_name_or_path", str(world["root"] / "encoder"), "--dataset_path", str(beir),
+                 "--split", "train", "--output_dir", str(out), "--depth", "5", "--num_actors", "0",
+                 "--reranker_name_or_path", str(world["reranker"]), "--rerank_depth", "4",
+                 "--rerank_max_len", "32"]) == 0
+    reranked = read_lines(out / "reranked.txt")
+    first = read_lines(out / "run.txt")
+    assert set(reranked) == set(first) and all(len(hits) == 4 for hits in reranked.values())
+    assert all({docid for docid, _ in hits} == {docid for docid, _ in first[qid][:4]} for qid, hits in reranked.items())
+    import json
+
+    assert set(json.loads((out / "reranked_metrics.json").read_text())) >= {"nDCG@10", "MAP"}

@@ -288,6 +288,10 @@ class PipelineConfig(RetrievalStage):
                                   "corpus_embeddings/, query_embeddings/, index/, run.txt, metrics.json.")
     do_train: bool = option(False, "Fine-tune first (on --train_split); without it the model is evaluated as is.")
     train_split: str = option("train", "Split the model is fine-tuned on (the evaluation split is --split).")
+    reranker_name_or_path: str | None = option(None, "A cross-encoder that reranks the run's top --rerank_depth "
+                                                     "(reranked.txt, evaluated beside the retriever's run).")
+    rerank_depth: int = option(100, "Passages of each query the reranker reranks.", at_least=1)
+    rerank: RerankSection = section(RerankSection)
     training: TrainingSection = section(TrainingSection)
     lora: LoraSection = section(LoraSection)
 

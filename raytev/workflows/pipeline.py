@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytev.config.fields import substage
-from raytev.config.stages import PipelineConfig, TrainConfig
+from raytev.config.sections import ModelSection, TextSection
+from raytev.config.stages import PipelineConfig, RerankConfig, TrainConfig
 from raytev.data.qrels import read_qrels
 from raytev.data.sources import resolve_source
 from raytev.errors import ProblemLog, RaytevError
@@ -18,6 +19,7 @@ from raytev.staging import staged_file
 from raytev.workflows.retrieval import StageTiming, finished, retrieve
 
 METRICS_FILE = "metrics.json"
+RERANKED_RUN, RERANKED_METRICS_FILE = "reranked.txt", "reranked_metrics.json"
 
 
 @dataclass
@@ -29,6 +31,7 @@ class PipelineResult:
     metrics: Evaluation
     stages: list[StageTiming]
     title: str = ""
+    reranked: Evaluation | None = None  # with --reranker_name_or_path
 
     def stage_table(self) -> str:
         """Stage timings as aligned text lines."""
@@ -38,7 +41,10 @@ class PipelineResult:
     def summary(self) -> str:
         """What `raytev pipeline` prints: the metrics table and where they were written (the stages printed their
         own lines as they finished)."""
-        return f"{format_table(self.metrics, title=self.title)}\nmetrics written to {self.output_dir / METRICS_FILE}"
+        table = format_table(self.metrics, title=self.title)
+        if self.reranked is not None:
+            table += f"\n{format_table(self.reranked, title='reranked')}"
+        return f"{table}\nmetrics written to {self.output_dir / METRICS_FILE}"
 
 
 def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) -> PipelineResult:
@@ -78,9 +84,25 @@ def run_pipeline(config: PipelineConfig, corpus_embeddings: Path | None = None) 
     metrics = evaluate_run_file(outputs.run, qrels)
     write_metrics(output_dir / METRICS_FILE, metrics)
     finished(stages, "evaluate", time.perf_counter() - started, f"{metrics.queries} queries against {qrels_path.name}")
+    reranked = rerank_run(config, outputs.run, output_dir, stages) if config.reranker_name_or_path else None
     return PipelineResult(output_dir, model_section.model_name_or_path, metrics, stages,
                           title=f"{model_section.model_name_or_path} on {data.dataset_name or data.dataset_path} "
-                                f"{data.dataset_split}")
+                                f"{data.dataset_split}", reranked=reranked)
+
+
+def rerank_run(config: PipelineConfig, run: Path, output_dir: Path, stages: list[StageTiming]) -> Evaluation:
+    """The retriever's run reranked by --reranker_name_or_path into reranked.txt, evaluated (reranked_metrics.json)."""
+    from raytev.workflows.rerank import rerank
+
+    result = rerank(substage(RerankConfig, config, run=str(run), save_ranking_to=str(output_dir / RERANKED_RUN),
+                             rerank_depth=config.rerank_depth, text=TextSection(),  # the reranker's own prompts
+                             model=ModelSection(model_name_or_path=config.reranker_name_or_path,
+                                                cache_dir=config.model.cache_dir),
+                             data=dataclasses.replace(config.data, num_negatives=0)))
+    write_metrics(output_dir / RERANKED_METRICS_FILE, result.reranked)
+    finished(stages, "rerank", result.seconds, f"{result.queries:,} queries x depth {config.rerank_depth}, "
+                                               f"{result.pairs_per_second:.1f} pairs/s")
+    return result.reranked
 
 
 def write_metrics(path: Path, metrics: Evaluation) -> None:
