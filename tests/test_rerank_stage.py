@@ -160,3 +160,15 @@ def test_the_pipeline_reranks_its_run_when_given_a_reranker(ray_session, world, 
     import json
 
     assert set(json.loads((out / "reranked_metrics.json").read_text())) >= {"nDCG@10", "MAP"}
+
+
+def test_the_demo_table_and_chart_show_the_reranked_column(tmp_path):
+    from raytev.workflows.demo import DemoResult, comparison_table, save_chart
+
+    metrics = {name: value for name, value in (("nDCG@10", 0.6), ("MRR@10", 0.5), ("R@100", 0.9), ("MAP", 0.5))}
+    result = DemoResult("scifact", metrics, {**metrics, "nDCG@10": 0.7}, tmp_path / "chart.png", tmp_path, tmp_path,
+                        1.0, [], {**metrics, "nDCG@10": 0.75})
+    table = comparison_table(result.columns).splitlines()
+    assert table[0].split() == ["scifact", "test", "zero-shot", "fine-tuned", "reranked", "change"]
+    assert table[1].split() == ["nDCG@10", "0.6000", "0.7000", "0.7500", "+0.1000"]
+    assert save_chart(result.columns, result.chart, "t").read_bytes()[:4] == b"\x89PNG"

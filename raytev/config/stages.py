@@ -310,6 +310,10 @@ class DemoConfig(Options):
     negative_rank_start: int = option(10, "Mined negatives come from ranks start..end of the model's own "
                                           "retrieval, positives dropped.", at_least=1)
     negative_rank_end: int = option(60, "Last rank negatives are mined from.", at_least=1)
+    reranker_name_or_path: str | None = option(None, "A cross-encoder that reranks the fine-tuned model's top "
+                                                     "--rerank_depth: a third column in the table and the chart.")
+    rerank_depth: int = option(100, "Passages of each query the reranker reranks.", at_least=1)
+    rerank: RerankSection = section(RerankSection)
     actors: ActorPoolSection = section(ActorPoolSection)
     backend: BackendSection = section(BackendSection)
     cluster: ClusterSection = section(ClusterSection)

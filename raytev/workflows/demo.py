@@ -54,11 +54,18 @@ class DemoResult:
     index_dir: Path
     seconds: float
     stages: list[tuple[str, StageTiming]]
+    reranked: dict | None = None  # with --reranker_name_or_path: the fine-tuned run reranked
+
+    @property
+    def columns(self) -> dict[str, dict]:
+        """The compared metrics by column: zero-shot, fine-tuned and, with a reranker, reranked."""
+        columns = {"zero-shot": self.before, "fine-tuned": self.after}
+        return {**columns, "reranked": self.reranked} if self.reranked else columns
 
     def summary(self) -> str:
         """What `raytev demo` prints at the end: the comparison, where things are, how to serve the model."""
         return "\n".join([
-            comparison_table(self.before, self.after, self.dataset), f"chart: {self.chart}",
+            comparison_table(self.columns, self.dataset), f"chart: {self.chart}",
             f"fine-tuned model: {self.model_dir}\nits index: {self.index_dir}",
             "serve it (Ctrl-C stops; then try the curl line it prints, or http://127.0.0.1:8000/docs):",
             f"  raytev serve --model_name_or_path {self.model_dir} --index {self.index_dir} --corpus {self.dataset}",
@@ -79,10 +86,11 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
     evaluation_text = TextSection(passage_max_len=settings.eval_passage_max_len)
     stages: list[tuple[str, StageTiming]] = []
 
-    def evaluate(phase: str, model_path: str, corpus_embeddings: Path | None = None):
+    def evaluate(phase: str, model_path: str, corpus_embeddings: Path | None = None, reranker: str | None = None):
         report_phase(phase)
         result = run_pipeline(substage(PipelineConfig, config, output_dir=str(root / phase), data=test,
                                        text=evaluation_text, model=ModelSection(model_name_or_path=model_path),
+                                       reranker_name_or_path=reranker, rerank_depth=config.rerank_depth,
                                        **common), corpus_embeddings)
         stages.extend((phase, stage) for stage in result.stages)
         return result
@@ -114,25 +122,29 @@ def run_demo(config: DemoConfig, settings: DemoSettings = DemoSettings()) -> Dem
     finished(fine_tune, "train", trained.seconds, f"{trained.steps} steps, {trained.epochs:.2f} epochs on mined "
                                                   "negatives")
     stages.extend(("fine-tune", stage) for stage in fine_tune)
-    fine_tuned = evaluate("fine-tuned", str(model_dir))
+    fine_tuned = evaluate("fine-tuned", str(model_dir), reranker=config.reranker_name_or_path)
 
-    before, after = dict(zero_shot.metrics), dict(fine_tuned.metrics)
-    chart = save_chart(before, after, root / "metrics.png", f"{Path(config.model_name_or_path).name} on "
-                                                            f"{Path(config.dataset_name).name} test (raytev demo)")
-    return DemoResult(config.dataset_name, before, after, chart, model_dir, root / "fine-tuned" / "index",
-                      time.perf_counter() - started, stages)
+    result = DemoResult(config.dataset_name, dict(zero_shot.metrics), dict(fine_tuned.metrics), root / "metrics.png",
+                        model_dir, root / "fine-tuned" / "index", 0.0, stages,
+                        dict(fine_tuned.reranked) if fine_tuned.reranked is not None else None)
+    save_chart(result.columns, result.chart, f"{Path(config.model_name_or_path).name} on "
+                                             f"{Path(config.dataset_name).name} test (raytev demo)")
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
 
-def comparison_table(before: dict, after: dict, dataset: str = "scifact") -> str:
-    """Zero-shot vs fine-tuned, one metric a line, with the change."""
-    lines = [f"{Path(dataset).name + ' test':<12}{'zero-shot':>11}{'fine-tuned':>12}{'change':>9}"]
-    for name in SHOWN_METRICS:
-        lines.append(f"{name:<12}{before[name]:>11.4f}{after[name]:>12.4f}{after[name] - before[name]:>+9.4f}")
+def comparison_table(columns: dict[str, dict], dataset: str = "scifact") -> str:
+    """Zero-shot vs fine-tuned (vs reranked), one metric a line, with the fine-tuning's change."""
+    names = list(columns)
+    lines = [f"{Path(dataset).name + ' test':<12}" + "".join(f"{name:>12}" for name in names) + f"{'change':>9}"]
+    for metric in SHOWN_METRICS:
+        values = [columns[name][metric] for name in names]
+        change = columns["fine-tuned"][metric] - columns["zero-shot"][metric]
+        lines.append(f"{metric:<12}" + "".join(f"{value:>12.4f}" for value in values) + f"{change:>+9.4f}")
     return "\n".join(lines)
 
 
-def save_chart(before: dict, after: dict, path: Path, title: str) -> Path:
-    """A bar chart of the metrics before and after fine-tuning, as PNG (via a temporary name)."""
+def save_chart(columns: dict[str, dict], path: Path, title: str) -> Path:
+    """A bar chart of each column's metrics (zero-shot, fine-tuned, reranked), as PNG (via a temporary name)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here, and none needed
@@ -140,16 +152,19 @@ def save_chart(before: dict, after: dict, path: Path, title: str) -> Path:
 
     names = list(SHOWN_METRICS)
     positions = range(len(names))
+    labels = {"fine-tuned": "fine-tuned (mined negatives)", "reranked": "fine-tuned, reranked"}
+    width = 0.8 / len(columns)
     figure, axes = plt.subplots(figsize=(7, 4))
-    axes.bar([p - 0.2 for p in positions], [before[n] for n in names], width=0.4, label="zero-shot")
-    axes.bar([p + 0.2 for p in positions], [after[n] for n in names], width=0.4, label="fine-tuned (mined negatives)")
-    for position, name in zip(positions, names):
-        axes.text(position - 0.2, before[name] + 0.01, f"{before[name]:.3f}", ha="center", fontsize=8)
-        axes.text(position + 0.2, after[name] + 0.01, f"{after[name]:.3f}", ha="center", fontsize=8)
+    for index, (column, metrics) in enumerate(columns.items()):
+        offset = (index - (len(columns) - 1) / 2) * width
+        axes.bar([p + offset for p in positions], [metrics[n] for n in names], width=width,
+                 label=labels.get(column, column))
+        for position, name in zip(positions, names):
+            axes.text(position + offset, metrics[name] + 0.01, f"{metrics[name]:.3f}", ha="center", fontsize=7)
     axes.set_xticks(list(positions), names)
     axes.set_ylim(0, 1.2)  # room above the bars for the legend
     axes.set_title(title)
-    axes.legend(loc="upper center", ncol=2)
+    axes.legend(loc="upper center", ncol=len(columns))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with staged_file(path) as temporary:
