@@ -55,7 +55,8 @@ def vector_query() -> SearchQuery:
 def test_a_search_on_a_lost_replica_is_asked_again_and_answered():
     service = ingress([ActorUnavailableError("gone", b"1" * 16), ActorDiedError()])
     hits = asyncio.run(service.search(vector_query()))
-    assert hits == [[{"docid": "d1", "score": np.float32(0.9)}, {"docid": "d2", "score": np.float32(0.1)}]]
+    assert hits == [[{"docid": "d1", "score": np.float32(0.9), "stage": "retriever"},
+                     {"docid": "d2", "score": np.float32(0.1), "stage": "retriever"}]]
     assert service.shards[0].search.calls == 3
 
 

@@ -44,7 +44,7 @@ class ExactSearch:
     """The service stand-in: exact inner-product top-k over 50 vectors of dimension 8; texts hashed to vectors."""
 
     def __init__(self, text_queries: bool = True):
-        self.text_queries = text_queries
+        self.text_queries, self.reranks = text_queries, False
         self.matrix = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -58,7 +58,7 @@ class ExactSearch:
         with np.errstate(all="ignore"):  # huge query numbers overflow float32 scores on purpose
             scores = vectors @ self.matrix.T
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[{"docid": f"doc{row}", "score": float(row_scores[row])} for row in row_order]
+        return [[{"docid": f"doc{row}", "score": float(row_scores[row]), "stage": "retriever"} for row in row_order]
                 for row_scores, row_order in zip(scores, order)]
 
     async def search(self, query):

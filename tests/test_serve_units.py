@@ -244,7 +244,7 @@ def test_versions_keep_the_current_and_the_previous():
 
 
 class FakeService:
-    text_queries = True
+    text_queries, reranks = True, False
 
     def __init__(self):
         self.seen = []
@@ -483,7 +483,8 @@ def another_value(path: tuple[str, ...], field, value):
     for name in path:
         owner = next(member for member in dataclasses.fields(owner) if member.name == name).metadata["section"]
     kind = flag_type(owner, field)[0]
-    return {bool: lambda: not value, int: lambda: (value or 1) + 1, float: lambda: (value or 0) + 0.5,
+    return {bool: lambda: not value, int: lambda: max(value or 1, field.metadata["at_least"] or 0) + 1,
+            float: lambda: (value or 0) + 0.5,
             str: lambda: (value or "") + "x"}[kind]()
 
 
@@ -493,10 +494,10 @@ def test_every_swappable_flag_reaches_a_user_config_and_swappable_is_what_the_me
     kinds = {kind for _, field in flags.values() for kind in field.metadata["swap"]}
     assert kinds <= set(DEPLOYMENT_KINDS.values())  # no kind goes nowhere
     assert set().union(*DEPLOYMENT_SWAPS.values()) == SWAPPABLE
-    values = {"index": "i", "num_shards": 2, "model_name_or_path": "m"}
+    values = {"index": "i", "num_shards": 2, "model_name_or_path": "m", "corpus": "c", "reranker_name_or_path": "r"}
     config = serve_config(config_from_args(values))
     user = user_configs(config_from_args(values))
-    assert set(user) == {"IndexShard0", "IndexShard1", "QueryEncoder", "Ingress"}
+    assert set(user) == {"IndexShard0", "IndexShard1", "QueryEncoder", "Ingress", "Reranker"}
     assert set().union(*user.values()) == SWAPPABLE  # nothing swappable left out, nothing else in a user_config
     for name in sorted(SWAPPABLE):  # and a swap of each one reaches a deployment
         path, field = flags[name]

@@ -3,9 +3,9 @@ config is built from flat flags (the CLI, a JSON file, the Python API's keyword 
 
 Flags are flat, as Tevatron's are: a stage config's own fields and the fields of its sections are all flags of
 the command, each name once. Metadata on a field: `help`, `aliases` (Tevatron v1 names), `choices`, `at_least`,
-and for `raytev serve`: `swap` (what of a running application a hot swap of it changes: "model", "index" or
-"corpus"; none: not swappable), `live` (applied without reloading anything) and `builder` (False: it places the
-application or acts in the command's process, and is not one of the application builder's args).
+and for `raytev serve`: `swap` (what of a running application a hot swap of it changes: "model", "index",
+"corpus" or "reranker"; none: not swappable), `live` (applied without reloading anything) and `builder` (False:
+it places the application or acts in the command's process, and is not one of the application builder's args).
 """
 
 from __future__ import annotations

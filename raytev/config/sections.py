@@ -178,7 +178,7 @@ class RerankSection(Options):
 
     rerank_max_len: int | None = option(
         None, "Length of a query-passage pair in tokens; the longer of the two is cut first. Default: the length "
-              "a raytev reranker was trained with, else 512 (Tevatron's).", at_least=8)
+              "a raytev reranker was trained with, else 512 (Tevatron's).", at_least=8, swap="reranker")
 
 
 @dataclass(kw_only=True)
@@ -214,9 +214,9 @@ class PrecisionSection(Options):
     """Numeric precision of the model's forward (and backward) passes."""
 
     fp16: bool = option(False, "float16 (GPU): autocast with a gradient scaler when training, float16 weights "
-                               "when encoding.", swap="model")
+                               "when encoding.", swap=("model", "reranker"))
     bf16: bool = option(False, "bfloat16 (GPU, and CPUs with avx512_bf16 or AMX): autocast when training, "
-                               "bfloat16 weights when encoding.", swap="model")
+                               "bfloat16 weights when encoding.", swap=("model", "reranker"))
 
     def check(self) -> None:
         if self.fp16 and self.bf16:
@@ -262,7 +262,8 @@ class InferenceSection(Options):
     """How a model encodes texts outside training."""
 
     per_device_eval_batch_size: int = option(32, "Texts per forward pass (on CPU small batches are fastest; "
-                                                 "raise it on GPUs).", at_least=1, swap="model")
+                                                 "raise it on GPUs).", at_least=1,
+                                             swap=("model", "reranker"))
 
 
 @dataclass(kw_only=True)

@@ -342,11 +342,11 @@ class ServeConfig(Options):
                                     builder=False)
     auth_token_sha256: str | None = option(None, "The SHA-256 (hex) of the bearer token, instead of the token "
                                                  "itself (for config files).")
-    max_batch_size: int = option(32, "Requests one query-encoder or shard replica answers in one pass (1: no "
-                                     "batching).", at_least=1, swap=("model", "index"), live=True)
+    max_batch_size: int = option(32, "Requests one query-encoder, shard or reranker replica answers in one pass (1: "
+                                     "no batching).", at_least=1, swap=("model", "index", "reranker"), live=True)
     batch_wait_timeout_s: float = option(0.0, "How long a replica waits for a batch to fill before running it (0: "
                                               "a batch is what queued while the last one ran, adding no latency).",
-                                         at_least=0, swap=("model", "index"), live=True)
+                                         at_least=0, swap=("model", "index", "reranker"), live=True)
     num_replicas: int = option(1, "Replicas of the query encoder, of each shard and of the ingress (fixed; see "
                                   "--max_replicas). 2 keep answering while one is lost.",
                                at_least=1)
@@ -363,7 +363,15 @@ class ServeConfig(Options):
     search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 or efSearch=128.",
                                     swap="index", live=True)
     revision: str = option("", "Any label: changing it (in a hot swap) reloads the same paths.",
-                           swap=("model", "index", "corpus"))
+                           swap=("model", "index", "corpus", "reranker"))
+    reranker_name_or_path: str | None = option(
+        None, "A cross-encoder (`raytev train --task rerank`, or one from the hub) that rescores each text query's "
+              "top --rerank_depth hits in a deployment of its own; needs --model_name_or_path and --corpus. Hits "
+              "say which stage scored them.", swap="reranker")
+    rerank_depth: int = option(20, "Hits of each text query the reranker rescores (the shards return at least "
+                                   "this many); the hits past it keep the retriever's order and scores.", at_least=1)
+    reranker_replicas: int = option(0, "Replicas of the reranker (0: as many as of the others, --num_replicas or "
+                                       "--min_replicas), fixed: cross-encoders cost the most per query.", at_least=0)
     http_ingress: str = option(
         "auto", "HTTP front of the service, for a Ray that `raytev serve` starts itself: 'haproxy' (Ray Serve's "
                 "high-throughput mode: HAProxy forwards straight to the ingress replicas and deployments talk gRPC, "
@@ -379,8 +387,14 @@ class ServeConfig(Options):
     inference: InferenceSection = section(InferenceSection)
     precision: PrecisionSection = section(PrecisionSection)
     cluster: ClusterSection = section(ClusterSection)
+    rerank: RerankSection = section(RerankSection)
 
     def check(self) -> None:
+        if self.reranker_name_or_path and not (self.model.model_name_or_path and self.corpus):
+            missing = " and ".join(name for name, given in (("--model_name_or_path", self.model.model_name_or_path),
+                                                            ("--corpus", self.corpus)) if not given)
+            raise RaytevError(f"--reranker_name_or_path reads query texts and the passages' texts: give {missing} "
+                              "too (the query encoder and the corpus the index was built from).")
         if self.max_replicas and not self.min_replicas <= self.max_replicas:
             raise RaytevError(f"--min_replicas ({self.min_replicas}) must not exceed --max_replicas "
                               f"({self.max_replicas}).")

@@ -11,6 +11,7 @@ from raytev.data.pairs import PairTemplate
 from raytev.data.runs import write_run
 from raytev.encoding.shard_encoder import read_row_range
 from raytev.model.resolved import ResolvedModel
+from raytev.reranking.scorer import PairScorer
 
 COLUMNS = ["row", "query_id", "input_ids", "docids", "candidate_input_ids"]
 GROUP_COLUMNS = ["row", "input_ids", "positive_input_ids", "negative_input_ids"]  # a training groups table's
@@ -27,8 +28,8 @@ class ShardReranker:
     def __init__(self, table_files: list[str], output: str, model: ResolvedModel, pairs: PairTemplate,
                  batch_size: int, device: str = "cpu", torch_threads: int | None = None, run_format: str = "tevatron"):
         self.table = pads.dataset(table_files, format="parquet")
-        self.output, self.pairs, self.batch_size, self.run_format = output, pairs, batch_size, run_format
-        self.score = torch_scorer(model, device, torch_threads)
+        self.output, self.run_format = output, run_format
+        self.score_pairs = PairScorer(model, pairs, batch_size, device, torch_threads)
 
     def rerank_part(self, index: int, low: int, high: int) -> tuple[int, int, int]:
         """Rerank query rows [low, high) into part `index` (complete or absent); return (index, queries, pairs)."""
@@ -68,31 +69,3 @@ class ShardReranker:
             scores = iter(self.score_pairs([query for query, _ in pairs], [passage for _, passage in pairs]).tolist())
             lists.append([[next(scores) for _ in group] for group in groups])
         return low, lists[0], lists[1]
-
-    def score_pairs(self, queries: list, passages: list) -> np.ndarray:
-        """float32 scores of the pairs, longest first in batches (little padding), returned in their order."""
-        order = np.argsort([-(len(query) + len(passage)) for query, passage in zip(queries, passages)], kind="stable")
-        scores = np.empty(len(order), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start:start + self.batch_size]
-            scores[chosen] = self.score(self.pairs.batch([queries[i] for i in chosen], [passages[i] for i in chosen]))
-        return scores
-
-
-def torch_scorer(model: ResolvedModel, device: str, torch_threads: int | None):
-    """Padded pair arrays -> float32 numpy scores with the torch Reranker (in --bf16 / --fp16 weights if asked)."""
-    import torch
-
-    from raytev.modeling.reranker import Reranker
-
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    device = torch.device(device)
-    weights = getattr(torch, model.dtype) if model.dtype else torch.float32
-    reranker = Reranker.from_resolved(model).to(device, weights).eval()
-
-    def run(pairs: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            return reranker({name: torch.from_numpy(array).to(device) for name, array in pairs.items()}).cpu().numpy()
-
-    return run

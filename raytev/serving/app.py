@@ -40,7 +40,7 @@ def absolute_paths(args: dict) -> dict:
     fixed = dict(args)
     if fixed.get("index"):
         fixed["index"] = ",".join(absolute(part.strip()) for part in fixed["index"].split(",") if part.strip())
-    for name in ("corpus", "model_name_or_path", "tokenizer_name"):
+    for name in ("corpus", "model_name_or_path", "tokenizer_name", "reranker_name_or_path"):
         if fixed.get(name):
             fixed[name] = absolute(fixed[name])
     return fixed
@@ -74,9 +74,11 @@ def replica_options(config: ServeConfig, gpus: float = 0) -> dict:
 
 
 def build_app(args: dict):
-    """The Serve application for a config's `args`: ingress, query encoder (with a model), index shards."""
+    """The Serve application for a config's `args`: ingress, query encoder (with a model), index shards, reranker
+    (with one)."""
     from raytev.serving.encoder import QueryEncoder
     from raytev.serving.ingress import Ingress
+    from raytev.serving.reranker import Reranker
     from raytev.serving.shard import IndexShard
 
     config = config_from_args(args)
@@ -85,16 +87,23 @@ def build_app(args: dict):
                                  **replica_options(config)).bind(shard, config.num_shards)
               for shard in range(config.num_shards)]
     encoder = None
+    use_gpu = config.cluster.use_gpu
+    encoder = reranker = None
     if config.model.model_name_or_path:
-        use_gpu = config.cluster.use_gpu
         encoder = QueryEncoder.options(user_config=configs["QueryEncoder"],
                                        **replica_options(config, gpus=1 if use_gpu else 0)).bind(use_gpu)
-    limits = {"max_queries": config.max_queries, "max_k": config.max_k, "max_body_bytes": config.max_body_bytes}
     # The ingress is light (it merges); as many of it as of the others, so that losing one loses no service.
     ingress_replicas = config.min_replicas if config.max_replicas else config.num_replicas
+    if config.reranker_name_or_path:
+        options = replica_options(config, gpus=1 if use_gpu else 0)
+        if config.reranker_replicas:
+            options.pop("autoscaling_config", None)
+            options["num_replicas"] = config.reranker_replicas
+        reranker = Reranker.options(user_config=configs["Reranker"], **options).bind(use_gpu)
+    limits = {"max_queries": config.max_queries, "max_k": config.max_k, "max_body_bytes": config.max_body_bytes}
     return Ingress.options(user_config=configs["Ingress"], max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
                            num_replicas=ingress_replicas, ray_actor_options={"num_cpus": config.cpus_per_replica}).bind(
-        shards, encoder, limits, token_sha256(config))
+        shards, encoder, limits, token_sha256(config), reranker, config.rerank_depth)
 
 
 def application_config(config: ServeConfig) -> dict:
@@ -125,9 +134,14 @@ def swapped(config: dict, app_name: str, **changes) -> dict:
     app = next((app for app in config["applications"] if app["name"] == app_name), None)
     if app is None:
         raise RaytevError(f"the config has no application named {app_name!r}.")
-    if changes.get("model_name_or_path") and not config_from_args(app["args"]).model.model_name_or_path:
+    deployed = config_from_args(app["args"])
+    if changes.get("model_name_or_path") and not deployed.model.model_name_or_path:
         raise RaytevError(f"{app_name} was deployed without a model (vectors only): adding a query encoder needs a "
                           "redeploy, not a swap.")
+    if "reranker_name_or_path" in changes and not (changes["reranker_name_or_path"] and deployed.reranker_name_or_path):
+        raise RaytevError(f"{app_name} was deployed {'with' if deployed.reranker_name_or_path else 'without'} a "
+                          "reranker: adding or removing the reranker deployment needs a redeploy, not a swap (a swap "
+                          "changes the reranker it serves).")
     # What earlier swaps changed lives in the deployments' user_configs, whose keys are flag names.
     overrides = {entry["name"]: entry for entry in app.get("deployments", [])}
     served = dict(app["args"])

@@ -32,9 +32,13 @@ class SearchClient:
         self.timeout = timeout
         self._local = threading.local()
 
-    def search(self, queries: list[str] | None = None, vectors=None, k: int = 10) -> list[list[dict]]:
-        """Per query, its k best hits ({docid, score[, title, text]}); give texts or vectors [n, dim]."""
+    def search(self, queries: list[str] | None = None, vectors=None, k: int = 10,
+               rerank: bool | None = None) -> list[list[dict]]:
+        """Per query, its k best hits ({docid, score, stage[, title, text]}); give texts or vectors [n, dim].
+        `rerank`: False keeps the retriever's ranking on a service with a reranker (None: the service's default)."""
         body: dict = {"k": k}
+        if rerank is not None:
+            body["rerank"] = rerank
         if queries is not None:
             body["queries"] = [queries] if isinstance(queries, str) else list(queries)
         if vectors is not None:

@@ -37,6 +37,7 @@ class SearchService(Protocol):
     """What the routes need from the service behind them."""
 
     text_queries: bool
+    reranks: bool  # whether requests may say "rerank" (a reranker rescores text queries' top hits)
 
     async def search(self, query: SearchQuery) -> list[list[dict]]:
         """Hits per query, best first."""
@@ -77,10 +78,11 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
     # schema is declared for the OpenAPI document rather than as a FastAPI body parameter.
     @api.post("/search", response_model=SearchResponse, responses=errors, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {
-            "schema": search_request_model(limits, None, service.text_queries).model_json_schema()}}}})
+            "schema": search_request_model(limits, None, service.text_queries,
+                                      service.reranks).model_json_schema()}}}})
     async def search(request: Request) -> JSONResponse:
         """Top-k passages for each query (texts or vectors)."""
-        query = parse_search_request(await request.body(), limits, service.text_queries)
+        query = parse_search_request(await request.body(), limits, service.text_queries, service.reranks)
         results = await service.search(query)
         try:
             return JSONResponse({"results": results})
@@ -100,7 +102,8 @@ def make_api(service: SearchService, limits: Limits, token_sha256: str | None = 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> JSONResponse:
         """The OpenAPI document, /search's body with the dimension of the index served now when the service says."""
-        body = search_request_model(limits, await index_dim(service), service.text_queries).model_json_schema()
+        body = search_request_model(limits, await index_dim(service), service.text_queries,
+                                    service.reranks).model_json_schema()
         document = openapi_document(api.openapi(), body, token_sha256 is not None)
         root = request.scope.get("root_path", "").rstrip("/")
         if root:  # served under a route prefix: "Try it out" in /docs must call it there

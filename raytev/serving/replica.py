@@ -1,4 +1,4 @@
-"""The base of the query encoder and the index shards: versions swapped in whole, requests run in batches.
+"""The base of the query encoder, the index shards and the reranker: versions swapped in whole, requests run in batches.
 
 Hot swapping: what a replica serves is loaded in full beside the old one, then the reference is switched. A
 replica keeps the current version and the one before it, each under a key naming what was loaded (its
@@ -60,6 +60,15 @@ class SearchCall:
 
 
 @dataclass
+class RerankCall:
+    """Query texts, each with the passage texts to score against it, and the reranker version (None: current)."""
+
+    texts: list[str]
+    passages: list[list[str]]
+    version: str | None = None
+
+
+@dataclass
 class EncodeAnswer:
     """Vectors [n, dim] of one call; version None when the version asked for is no longer held."""
 
@@ -76,6 +85,15 @@ class SearchAnswer:
     current: str | None
     scores: np.ndarray | None = None
     docids: np.ndarray | None = None
+
+
+@dataclass
+class RerankAnswer:
+    """One call's scores, an array per query in its passages' order; version None when no longer held."""
+
+    version: str | None
+    current: str | None
+    scores: list[np.ndarray] | None = None
 
 
 # --- Versions and their swaps ------------------------------------------------------------------------------------
@@ -208,8 +226,8 @@ def split_rows(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 # --- The base deployment -----------------------------------------------------------------------------------------
 
 Version = TypeVar("Version")
-Call = TypeVar("Call", EncodeCall, SearchCall)
-Answer = TypeVar("Answer", EncodeAnswer, SearchAnswer)
+Call = TypeVar("Call", EncodeCall, SearchCall, RerankCall)
+Answer = TypeVar("Answer", EncodeAnswer, SearchAnswer, RerankAnswer)
 
 
 class VersionedBatchReplica(Generic[Version, Call, Answer]):
@@ -217,7 +235,7 @@ class VersionedBatchReplica(Generic[Version, Call, Answer]):
     calls for the same version (and `group_of`) share one `run_group`, calls for a released version get an
     answer without one (version None) and the ingress asks again."""
 
-    answer_type: type  # EncodeAnswer or SearchAnswer: what a call for a released version gets
+    answer_type: type  # EncodeAnswer, SearchAnswer or RerankAnswer: what a call for a released version gets
     labels: frozenset[str] = frozenset()  # user_config settings that name something but are not loaded
 
     def __init__(self, what: str):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Hit(BaseModel):
-    """One retrieved passage; title and text when the service was given the corpus."""
+    """One retrieved passage; title and text when the service was given the corpus; the stage that scored it."""
 
     docid: str
     score: float
+    stage: str = Field(description="What gave the score: 'retriever' (the index) or 'reranker' (the cross-encoder "
+                                   "that rescored the top hits); scores of the two do not compare.")
     title: str | None = None
     text: str | None = None
 
@@ -43,6 +45,8 @@ class InfoResponse(BaseModel):
     corpus: str | None
     text_queries: bool
     http_front: str  # "haproxy" (Ray Serve's high-throughput mode) or "proxy" (Serve's Python proxy)
+    reranker: str | None = None  # the cross-encoder that rescores text queries' top hits, if any
+    rerank_depth: int | None = None  # how many of them
     shard_parts: list[ShardInfo]
     swap_errors: list[str]
 

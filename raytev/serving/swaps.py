@@ -20,7 +20,7 @@ _FLAGS = {name: field.metadata for name, (_, field) in flag_fields(ServeConfig).
 SWAPPABLE = frozenset(name for name, metadata in _FLAGS.items() if metadata["swap"])  # the rest needs a redeploy
 LIVE_FLAGS = frozenset(name for name in SWAPPABLE if _FLAGS[name]["live"])  # applied at once, never loaded
 # The kind of swap each deployment serves, and so the swappable flags its user_config holds.
-DEPLOYMENT_KINDS = {"QueryEncoder": "model", "IndexShard": "index", "Ingress": "corpus"}
+DEPLOYMENT_KINDS = {"QueryEncoder": "model", "IndexShard": "index", "Ingress": "corpus", "Reranker": "reranker"}
 DEPLOYMENT_SWAPS = {deployment: tuple(name for name, metadata in _FLAGS.items() if kind in metadata["swap"])
                     for deployment, kind in DEPLOYMENT_KINDS.items()}
 # A shard's user_config also names the model its index was encoded with: a label the ingress matches against the
@@ -43,6 +43,8 @@ def user_configs(config: ServeConfig) -> dict[str, dict]:
                for shard in range(config.num_shards)}
     if config.model.model_name_or_path:
         configs["QueryEncoder"] = served["QueryEncoder"]
+    if config.reranker_name_or_path:
+        configs["Reranker"] = served["Reranker"]
     return {**configs, "Ingress": served["Ingress"]}
 
 

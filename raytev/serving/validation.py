@@ -42,11 +42,13 @@ class Limits:
 
 @dataclass
 class SearchQuery:
-    """A checked request: texts or float32 vectors [n, dim] (exactly one of them), and k."""
+    """A checked request: texts or float32 vectors [n, dim] (exactly one of them), k, and whether the reranker (if
+    the service has one) rescores the texts' hits."""
 
     texts: list[str] | None
     vectors: np.ndarray | None
     k: int
+    rerank: bool = True
 
     def __len__(self) -> int:
         return len(self.texts) if self.texts is not None else len(self.vectors)
@@ -74,9 +76,10 @@ class SearchBody(BaseModel):
 
 
 @functools.cache
-def search_request_model(limits: Limits, dim: int | None = None, text_queries: bool = True) -> type[SearchBody]:
+def search_request_model(limits: Limits, dim: int | None = None, text_queries: bool = True,
+                         reranks: bool = False) -> type[SearchBody]:
     """The /search body within `limits`, its vectors of `dim` numbers (None: not known now), texts refused (null
-    only) without a query encoder."""
+    only) without a query encoder, `rerank` taken only by a service with a reranker."""
     many = Field(min_length=1, max_length=limits.max_queries)
     texts = Annotated[list[Annotated[str, Field(min_length=1, pattern=NON_BLANK)]], many]
     # Compared as float64: a number just past float32's largest would round to it, yet would not be float32's.
@@ -90,15 +93,18 @@ def search_request_model(limits: Limits, dim: int | None = None, text_queries: b
         "vectors": (vectors, Field(description=about["vectors"]))}
     # The bounds before the validator: after it, the schema would show them as unknown keywords ("ge", "le").
     k = Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_integral)]
+    rerank = {"rerank": (bool, Field(True, description="Rescore each text query's top hits with the service's "
+                                                       "reranker (vector queries have no text to rerank with)."))}
     return create_model("SearchRequest", __base__=SearchBody, __doc__=SearchBody.__doc__, **lists,
-                        k=(k, Field(10, description="Hits per query.")))
+                        k=(k, Field(10, description="Hits per query.")), **(rerank if reranks else {}))
 
 
-def parse_search_request(body: bytes, limits: Limits, text_queries: bool = True) -> SearchQuery:
+def parse_search_request(body: bytes, limits: Limits, text_queries: bool = True, reranks: bool = False
+                         ) -> SearchQuery:
     """The query in a /search body; RequestError (400 malformed, 422 invalid) saying what was wrong."""
     try:
         # pydantic's JSON parser is ~5x faster than json.loads on vectors.
-        request = search_request_model(limits, None, text_queries).model_validate_json(body)
+        request = search_request_model(limits, None, text_queries, reranks).model_validate_json(body)
     except ValidationError as error:
         problems = error.errors(include_url=False)
         if any(problem["type"] == "json_invalid" for problem in problems):
@@ -108,7 +114,7 @@ def parse_search_request(body: bytes, limits: Limits, text_queries: bool = True)
         raise RequestError(422, "; ".join(_in_words(problem, limits).rstrip(".") for problem in problems[:3]) +
                            more + ".") from None
     if request.queries is not None:
-        return SearchQuery(request.queries, None, request.k)
+        return SearchQuery(request.queries, None, request.k, getattr(request, "rerank", False))
     lengths = {len(vector) for vector in request.vectors}
     if len(lengths) > 1:
         raise RequestError(422, f"the vectors differ in length ({', '.join(map(str, sorted(lengths)))} numbers): "
@@ -130,6 +136,8 @@ def _in_words(problem: dict, limits: Limits) -> str:
     if not loc:  # the body as a whole
         return problem["msg"] if kind == "one_of" else \
             'the body must be a JSON object such as {"queries": ["..."], "k": 10}'
+    if loc == ("rerank",) and kind == "extra_forbidden":
+        return 'this service has no reranker (it was started without --reranker_name_or_path): leave out "rerank"'
     if kind == "none_required":  # texts sent to a service without a query encoder
         return 'this service has no query encoder (it was started without a model): send "vectors" instead of ' \
                '"queries"'
