@@ -12,7 +12,7 @@ import pytest
 import ray
 import requests
 import torch
-from helpers import free_port, save_tiny_bert, tiny_tokenizer, write_jsonl
+from helpers import free_port, save_tiny_bert, tiny_tokenizer
 from test_serve import QUERIES, write_index
 
 from raytev.index.search import search
