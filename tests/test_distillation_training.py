@@ -92,8 +92,8 @@ def test_a_run_file_gives_the_teacher_scores_and_must_cover_every_passage(world,
 
 
 def test_distillation_refuses_what_it_cannot_do(world):
-    with pytest.raises(RaytevError, match="--distill_from with --grad_cache"):
-        raytev.train(**world["flags"], **TINY, grad_cache=True)
+    with pytest.raises(RaytevError, match="--distill_from with --backend jax"):
+        raytev.train(**world["flags"], **TINY, backend="jax")
     with pytest.raises(RaytevError, match="--distil_weight must be in"):
         raytev.train(**world["flags"], **TINY, distil_weight=0)
     with pytest.raises(RaytevError, match="no sequence-classification head"):

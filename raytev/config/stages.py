@@ -101,12 +101,11 @@ class TrainConfig(TextStage):
         check_accelerators(self.backend, self.cluster)
         training = self.training
         if self.distill_from:
-            refused = {"--task rerank": self.task == "rerank", "--grad_cache": training.grad_cache,
-                       "--backend jax": self.backend.backend == "jax"}
+            refused = {"--task rerank": self.task == "rerank", "--backend jax": self.backend.backend == "jax"}
             given = [flag for flag, value in refused.items() if value]
             if given:
                 raise RaytevError(f"--distill_from with {', '.join(given)}: distillation trains a torch retriever "
-                                  "with plain steps for now.")
+                                  "for now.")
             if not 0 < self.distil_weight <= 1:
                 raise RaytevError(f"--distil_weight must be in (0, 1], got {self.distil_weight}")
             if not self.distil_temperature > 0:

@@ -9,7 +9,7 @@ Parameter gradients then equal a full-batch step's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -109,12 +109,27 @@ def distill_step(model: torch.nn.Module, batch: dict, *, distil_temperature: flo
     loss by `distil_weight` (1: distillation alone); back-propagated (times `loss_scale`), returned detached."""
     with forward_precision(model, autocast_dtype):
         output = model(query=query_inputs(batch), passage=passage_inputs(batch))
-    student = group_scores(output.q_reps, output.p_reps, unwrap(model).settings.temperature)
-    loss = distillation_loss(student, batch["teacher_scores"], 1.0, distil_temperature)
-    if distil_weight < 1:
-        loss = distil_weight * loss + (1 - distil_weight) * output.loss
+    loss = distilled_loss(model, batch, output.q_reps, output.p_reps, distil_temperature=distil_temperature,
+                          distil_weight=distil_weight, contrastive=output.loss)
     backward_loss(loss * loss_scale, scaler)
     return loss.detach()
+
+
+def contrastive_loss(model: torch.nn.Module, batch: dict, q_reps: torch.Tensor, p_reps: torch.Tensor) -> torch.Tensor:
+    """The model's own loss of the embeddings (in-batch and hard negatives, shared across workers)."""
+    return unwrap(model).compute_loss(q_reps, p_reps)[1]
+
+
+def distilled_loss(model: torch.nn.Module, batch: dict, q_reps: torch.Tensor, p_reps: torch.Tensor, *,
+                   distil_temperature: float = 1.0, distil_weight: float = 1.0,
+                   contrastive: torch.Tensor | None = None) -> torch.Tensor:
+    """KL to the batch's teacher scores, mixed with the contrastive loss (computed unless given) by `distil_weight`."""
+    student = group_scores(q_reps, p_reps, unwrap(model).settings.temperature)
+    loss = distillation_loss(student, batch["teacher_scores"], 1.0, distil_temperature)
+    if distil_weight < 1:
+        contrastive = contrastive if contrastive is not None else contrastive_loss(model, batch, q_reps, p_reps)
+        loss = distil_weight * loss + (1 - distil_weight) * contrastive
+    return loss
 
 
 def rerank_step(model: torch.nn.Module, batch: dict, *, group_size: int, autocast_dtype: torch.dtype | None = None,
@@ -171,8 +186,10 @@ def _embed(model: torch.nn.Module, side: str, chunk: dict) -> torch.Tensor:
 
 
 def grad_cache_step(model: torch.nn.Module, batch: dict, *, q_chunk_size: int = 4, p_chunk_size: int = 32,
-                    autocast_dtype: torch.dtype | None = None, scaler=None, loss_scale: float = 1.0) -> torch.Tensor:
-    """Same effect as plain_step (loss returned detached, `.grad` filled), holding one chunk's graph at a time."""
+                    autocast_dtype: torch.dtype | None = None, scaler=None, loss_scale: float = 1.0,
+                    loss_of: Callable = contrastive_loss) -> torch.Tensor:
+    """Same effect as plain_step (or, with `loss_of` distilled_loss, distill_step): loss returned detached, `.grad`
+    filled, holding one chunk's graph at a time."""
     chunks = [("query", chunk) for chunk in split_inputs(query_inputs(batch), q_chunk_size)]
     chunks += [("passage", chunk) for chunk in split_inputs(passage_inputs(batch), p_chunk_size)]
 
@@ -187,7 +204,7 @@ def grad_cache_step(model: torch.nn.Module, batch: dict, *, q_chunk_size: int = 
     q_reps = torch.cat(cached[:num_query_chunks]).requires_grad_()
     p_reps = torch.cat(cached[num_query_chunks:]).requires_grad_()
     with forward_precision(model, autocast_dtype):
-        _, loss = unwrap(model).compute_loss(q_reps, p_reps)
+        loss = loss_of(model, batch, q_reps, p_reps)
     backward_loss(loss * loss_scale, scaler)  # reaches only the cached embeddings: they are graph leaves
     rep_grads = [*q_reps.grad.split([len(r) for r in cached[:num_query_chunks]]),
                  *p_reps.grad.split([len(r) for r in cached[num_query_chunks:]])]

@@ -22,7 +22,9 @@ from raytev.modeling.adapters import add_lora
 from raytev.modeling.dense import DenseModel
 from raytev.modeling.reranker import Reranker
 from raytev.modeling.training_step import (
+    contrastive_loss,
     distill_step,
+    distilled_loss,
     grad_cache_step,
     gradient_sync,
     micro_batches,
@@ -156,12 +158,12 @@ def choose_step(plan: TrainingPlan) -> callable:
     training = plan.training
     if plan.pairs is not None:
         return partial(rerank_step, group_size=training.train_group_size)
-    if plan.config.distill_from:
-        return partial(distill_step, distil_temperature=plan.config.distil_temperature,
-                       distil_weight=plan.config.distil_weight)
+    distil = dict(distil_temperature=plan.config.distil_temperature, distil_weight=plan.config.distil_weight)
     if training.grad_cache:
-        return partial(grad_cache_step, q_chunk_size=training.gc_q_chunk_size, p_chunk_size=training.gc_p_chunk_size)
-    return plain_step
+        loss_of = partial(distilled_loss, **distil) if plan.config.distill_from else contrastive_loss
+        return partial(grad_cache_step, q_chunk_size=training.gc_q_chunk_size, p_chunk_size=training.gc_p_chunk_size,
+                       loss_of=loss_of)
+    return partial(distill_step, **distil) if plan.config.distill_from else plain_step
 
 
 def autocast_dtype(plan: TrainingPlan) -> torch.dtype | None:
