@@ -90,3 +90,16 @@ def test_corpus_names_and_an_empty_corpus(tmp_path):
     empty = corpus_store(str(write_jsonl(tmp_path / "empty.jsonl", [])), tmp_path / "cache")
     assert len(empty) == 0 and empty.passages(["d1"]) == [(None, None)]
     assert len(CorpusStore(empty.path)) == 0
+
+
+def test_lookups_read_the_file_without_mapping_it(tmp_path):
+    # A mapping would put every page-cache folio a lookup touches into the reader's RSS (DEVELOPERS.md).
+    path = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": f"d{i:05d}", "title": f"t{i}", "text": "x" * (i % 300)}
+                                                   for i in range(3000)])
+    store = corpus_store(str(path), tmp_path / "cache")
+    asked = [f"d{i:05d}" for i in random.Random(1).sample(range(4000), 1500)]
+    answers = store.passages(asked)
+    assert answers == [(f"t{int(d[1:])}", "x" * (int(d[1:]) % 300)) if int(d[1:]) < 3000 else (None, None)
+                       for d in asked]
+    maps = open("/proc/self/maps").read()
+    assert str(store.path) not in maps and store.path.name not in maps

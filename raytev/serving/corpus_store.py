@@ -1,11 +1,13 @@
 """The titles and texts a search service returns: a corpus's passages in one Arrow file sorted by docid, built once
-into raytev's cache and memory-mapped by every process that serves it.
+into raytev's cache and read with file reads (pread) by every process that serves it.
 
-The file is Arrow IPC (Feather v2), uncompressed, so a reader maps it without a copy: a process holds no
-corpus-sized structure, only the pages of the passages it has looked up (with the rest of their page-cache folios,
-which can be a MiB on recent kernels), and processes on a node share those pages through the page cache. A docid is
-found by binary search, first over the batches' first docids, then inside one batch over its sorted docid column
-(UTF-8 bytes, the order Arrow sorts strings in).
+The file is Arrow IPC (Feather v2), uncompressed, so a value lies at a file position its batch's offsets say: a
+reader holds no corpus-sized structure (each batch's first docid and where its columns lie), and the pages it reads
+stay in the page cache, shared by the processes of a node, and out of its RSS. (A memory map counted them in every
+reader's RSS: a fault maps a whole page-cache folio, up to a MiB, so ~10k random lookups made a 1.6M-passage
+ingress's RSS 2.99 GB over 0.13 GB of its own.) A docid is found by binary search, first over the batches' first
+docids, then inside one batch over its sorted docid column (UTF-8 bytes, the order Arrow sorts strings in): two reads
+a probe, ~30 for a lookup in a batch of 16,384 rows, microseconds each from the page cache.
 
 Built once per corpus (the name says which files, their sizes and modification times), complete or absent: the
 records are read and validated as raytev reads any corpus, written in reading order to a scratch Arrow stream,
@@ -17,6 +19,8 @@ in reading order would.
 from __future__ import annotations
 
 import bisect
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +125,35 @@ def gather_rows(batches: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndar
 
 
 class CorpusStore:
-    """Titles and texts by docid, from a store file memory-mapped (see the module's docstring)."""
+    """Titles and texts by docid, read from a store file with pread (see the module's docstring)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with pa.memory_map(str(self.path)) as source:  # the batches keep the mapping alive
+        # Where each batch's columns (docid, title, text) lie in the file: the file positions of their value offsets
+        # and of their UTF-8 bytes, found from the buffers of a memory map that is released before this returns.
+        self._layout: list[tuple[int, list[tuple[int, int]]]] = []  # per batch: rows, and per column positions
+        with pa.memory_map(str(self.path)) as source:
+            base = source.read_buffer(1).address if source.size() else 0  # a view of the map's first byte
             reader = pa.ipc.open_file(source)
-            self.batches = [reader.get_batch(number) for number in range(reader.num_record_batches)]
-        # Every batch's columns (docid, title, text) as their offsets and UTF-8 bytes: views of the mapping, read
-        # through memoryviews, which index faster than Arrow scalars or NumPy items.
-        self._columns = [[_offsets_and_bytes(column) for column in batch.columns] for batch in self.batches]
-        self._firsts = [self._value(number, 0, 0).tobytes() for number in range(len(self.batches))]
+            for number in range(reader.num_record_batches):
+                batch = reader.get_batch(number)
+                if any(column.null_count for column in batch.columns):
+                    raise RaytevError(f"{self.path} holds null values: it is not a corpus store raytev wrote; "
+                                      "delete it and the service builds it again.")
+                self._layout.append((batch.num_rows, [
+                    (column.buffers()[1].address - base + 8 * column.offset,
+                     column.buffers()[2].address - base if column.buffers()[2] is not None else 0)
+                    for column in batch.columns]))
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._firsts = [self._value(number, 0, 0) for number in range(len(self._layout))]
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def __len__(self) -> int:
-        return sum(batch.num_rows for batch in self.batches)
+        return sum(rows for rows, _ in self._layout)
 
     def passages(self, docids: list[str]) -> list[tuple[str | None, str | None]]:
         """(title, text) of each docid; (None, None) for a docid the corpus lacks."""
@@ -145,22 +164,17 @@ class CorpusStore:
                          tuple(str(self._value(place[0], column, place[1]), "utf-8") for column in (1, 2)))
         return found
 
-    def _value(self, number: int, column: int, row: int) -> memoryview:
-        offsets, data = self._columns[number][column]
-        return data[offsets[row]:offsets[row + 1]]
+    def _value(self, number: int, column: int, row: int) -> bytes:
+        """The bytes of one value: its two offsets, then the bytes between them (two reads)."""
+        offsets, data = self._layout[number][1][column]
+        start, end = struct.unpack("<qq", os.pread(self._fd, 16, offsets + 8 * row))
+        return os.pread(self._fd, end - start, data + start) if end > start else b""
 
     def _find(self, key: bytes) -> tuple[int, int] | None:
         """(batch, row) of the docid `key`, or None."""
         number = bisect.bisect_right(self._firsts, key) - 1
         if number < 0:
             return None
-        offsets, data = self._columns[number][0]
-        rows = range(len(offsets) - 1)
-        row = bisect.bisect_left(rows, key, key=lambda row: data[offsets[row]:offsets[row + 1]].tobytes())
+        rows = range(self._layout[number][0])
+        row = bisect.bisect_left(rows, key, key=lambda row: self._value(number, 0, row))
         return (number, row) if row < len(rows) and self._value(number, 0, row) == key else None
-
-
-def _offsets_and_bytes(values: pa.LargeStringArray) -> tuple[memoryview, memoryview]:
-    """A large_string array's value offsets (one more than its rows) and value bytes, as memoryviews."""
-    _, offsets, data = values.buffers()
-    return memoryview(offsets).cast("q")[values.offset:values.offset + len(values) + 1], memoryview(data).cast("B")

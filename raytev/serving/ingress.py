@@ -1,6 +1,6 @@
 """The ingress deployment: HTTP in, query encoder and index shards called, their top-k merged, the top of text
 queries rescored by the reranker (with one), JSON out, and the corpus whose titles and texts come back with the
-hits (a memory-mapped store: raytev/serving/corpus_store.py)."""
+hits (a store read with pread: raytev/serving/corpus_store.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ REFRESH_S = 0.2  # at most this often, the agreed versions follow replicas that 
 
 
 def load_corpus(user_config: dict) -> tuple[str | None, CorpusStore | None]:
-    """(the corpus named, its store, memory-mapped); (None, None) when the service returns no texts."""
+    """(the corpus named, its store); (None, None) when the service returns no texts."""
     corpus = user_config.get("corpus")
     return (corpus, corpus_store(corpus)) if corpus else (None, None)
 
