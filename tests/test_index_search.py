@@ -94,8 +94,8 @@ def test_search_command_sets_search_parameters(tmp_path):
         config = from_flags(SearchConfig, {"query_reps": query_reps, "passage_reps": str(index_dir), "depth": 150,
                                            "save_ranking_to": str(tmp_path / "run.txt"),
                                            "search_parameters": parameters}, "test")
-        found[parameters] = search_files(config).docids[0].tolist()
-    assert len(found["nprobe=1"]) == 100 and len(found["nprobe=2"]) == 150 and None not in found["nprobe=2"]
+        found[parameters] = [docid for docid, _ in search_files(config).rankings["d0"]]
+    assert len(found["nprobe=1"]) == 100 and len(found["nprobe=2"]) == 150
     assert found["nprobe=2"][:100] == search(str(tmp_path / "emb"), vectors[[350]], 100)[1][0].tolist()
 
 
@@ -115,3 +115,73 @@ def test_a_collapsed_model_does_not_rescore_the_whole_corpus(tmp_path, monkeypat
     scores, docids = search(index, rng.standard_normal((30, 16)).astype(np.float32), 10)
     assert docids.shape == (30, 10) and None not in docids.tolist()
     assert max(fetched) == 4096 and np.all(np.diff(scores, axis=1) <= 0)
+
+
+def retrieval(**options):
+    """The --depth/--batch_size/--shard_search flags as the search stage reads them."""
+    from raytev.config.sections import RetrievalSection
+
+    return RetrievalSection(**options)
+
+
+@pytest.mark.parametrize("run_format", ["tevatron", "trec"])
+def test_a_streamed_run_has_the_bytes_of_the_run_ranked_at_once(tmp_path, run_format):
+    # One flat index, embedding shards one at a time (scratch files), and an IVF index whose rows find fewer hits:
+    # written 7 queries at a time, each is the run written from the whole result held in memory.
+    from raytev.data.runs import write_run
+    from raytev.index.files import write_searched_run
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    queries = rng.standard_normal((45, 16)).astype(np.float32)
+    query_ids = np.array([f"q{row}" for row in range(45)], dtype=object)
+    location = write_embeddings(tmp_path / "emb", vectors, [150, 3, 247])
+    ivf = tmp_path / "ivf"
+    save_index(build_index(location, "IVF8,Flat"), ivf)
+    cases = {"flat": (location, {}, search), "shards": (location, {"shard_search": True}, shard_search),
+             "ivf": (str(ivf), {"search_parameters": "nprobe=1"}, search)}
+    for name, (passages, flags, whole) in cases.items():
+        streamed, reference = tmp_path / f"{name}-streamed.txt", tmp_path / f"{name}-whole.txt"
+        lines = write_searched_run(streamed, query_ids, queries, passages, retrieval(depth=80, batch_size=7, **flags),
+                                   run_format)
+        scores, docids = whole(passages, queries, 80, -1, flags.get("search_parameters", ""))
+        assert lines == write_run(reference, query_ids, scores, docids, run_format) > 0
+        assert streamed.read_bytes() == reference.read_bytes(), name
+    assert np.equal(search(str(ivf), queries, 80, -1, "nprobe=1")[1], None).any()  # IVF rows do come up short
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []  # no scratch left
+
+
+def test_search_memory_is_one_batch_whatever_the_query_count(tmp_path):
+    # Held as arrays, 4x the queries held 4x the hits (object docids are the bulk); streamed, the peak is a batch.
+    import tracemalloc
+
+    from raytev.index.files import write_searched_run
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((2000, 8)).astype(np.float32)
+    location = write_embeddings(tmp_path / "emb", vectors, [1000, 1000])
+    peaks = {}
+    for count in (2000, 8000):
+        queries = rng.standard_normal((count, 8)).astype(np.float32)
+        query_ids = np.array([f"q{row}" for row in range(count)], dtype=object)
+        for shards in (False, True):
+            tracemalloc.start()
+            write_searched_run(tmp_path / f"run-{count}-{shards}.txt", query_ids, queries, location,
+                               retrieval(depth=50, batch_size=500, shard_search=shards))
+            peaks[count, shards] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    for shards in (False, True):
+        assert peaks[8000, shards] < 1.3 * peaks[2000, shards], peaks
+
+
+def test_a_search_that_fails_midway_leaves_no_run_and_no_scratch(tmp_path):
+    from raytev.index.files import write_searched_run
+
+    rng = np.random.default_rng(1)
+    first = write_embeddings(tmp_path / "a", rng.standard_normal((50, 8)).astype(np.float32), [50])
+    second = write_embeddings(tmp_path / "b", rng.standard_normal((50, 4)).astype(np.float32), [50])
+    run = tmp_path / "out" / "run.txt"
+    with pytest.raises(RaytevError, match="4-dimensional vectors but the queries have 8"):
+        write_searched_run(run, np.array(["q0", "q1"], dtype=object), rng.standard_normal((2, 8)).astype(np.float32),
+                           [first, second], retrieval(depth=5, batch_size=1, shard_search=True))
+    assert list((tmp_path / "out").iterdir()) == []

@@ -73,3 +73,28 @@ def test_written_groups_are_tevatron_jsonl_original_then_mined(tmp_path):
     write_groups(output, source, rows, {"q1": ["d3"]}, passages, keep_original=False)
     assert len(output.read_text().splitlines()) == 1
     assert sorted(p.name for p in output.parent.iterdir()) == ["mined.jsonl"]  # no temporary left
+
+
+def test_the_run_is_mined_a_chunk_of_queries_at_a_time_as_if_read_whole(tmp_path):
+    # 600 queries: more than one chunk of whole queries (256); each query's selection is the one the whole run gives.
+    import numpy as np
+
+    from raytev.data.runs import read_run, write_run
+    from raytev.errors import ProblemLog
+    from raytev.workflows.mining import mine_run
+
+    rng = np.random.default_rng(0)
+    query_ids = [f"q{number}" for number in range(600)]
+    docids = np.array([rng.permutation(RANKED) for _ in query_ids], dtype=object)
+    scores = -np.sort(rng.random((600, 20)), axis=1).astype(np.float32)
+    write_run(tmp_path / "run.txt", query_ids, -scores, docids)
+    rows = {query_id: dict(group([docids[number][3]]), query_id=query_id) for number, query_id in enumerate(query_ids)}
+    rows["unranked"] = dict(group(["d1"]), query_id="unranked")
+    options = mining_window(negative_rank_start=2, negative_rank_end=12, n_sample=4)
+    mined = mine_run(tmp_path / "run.txt", rows, PASSAGES, options)
+    whole = read_run(tmp_path / "run.txt", ProblemLog())
+    assert mined["unranked"] == [] and len(mined) == 601
+    for query_id in query_ids:
+        expected = select_negatives(rows[query_id], [entry.docid for entry in whole[query_id]], PASSAGES, options,
+                                    options.data.seed)
+        assert mined[query_id] == expected and len(expected) == 4

@@ -282,7 +282,9 @@ class IndexSection(Options):
     """Which FAISS index to build."""
 
     index_factory: str = option("Flat", "FAISS index_factory spec (inner product): Flat (exact), HNSW32, "
-                                        "IVF4096,PQ64, ...; trained on a sample when the type needs it.")
+                                        "IVF4096,PQ64, ...; trained on a sample when the type needs it. IVFauto "
+                                        "(IVFauto,PQ64, ...; `auto` alone: IVFauto,Flat) sizes the lists from the "
+                                        "corpus: the smallest power of two >= 4 x sqrt(passages).")
 
 
 @dataclass(kw_only=True)
@@ -290,7 +292,8 @@ class RetrievalSection(Options):
     """How many passages to retrieve per query, and how."""
 
     depth: int = option(1000, "Passages retrieved per query.", at_least=1)
-    batch_size: int = option(-1, "Queries per search call (-1: all at once).")
+    batch_size: int = option(4096, "Queries searched, then written to the run, at a time: memory holds this many "
+                                   "x --depth hits whatever the query count (-1: all at once).")
     shard_search: bool = option(False, "Search embedding shards one at a time and merge their top-k: memory for "
                                        "one shard instead of the whole corpus, the same ranking.")
     search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 (IVF) or efSearch=128 "

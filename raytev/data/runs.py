@@ -223,33 +223,44 @@ def _ranked(chunk: pa.Table) -> pa.Table:
 
 def write_run(path: str | os.PathLike, query_ids: Sequence[str], scores: np.ndarray, docids: np.ndarray,
               format: str = "tevatron", tag: str = "raytev") -> int:
-    """Write ranked hits (rows as `search` returns them, None docids skipped) and return the lines written.
+    """Write ranked hits (rows as `search` returns them, None docids skipped) and return the lines written."""
+    return write_run_batches(path, [(query_ids, scores, docids)], format, tag)
 
-    Written under a temporary name and renamed, gzip-compressed when `path` ends in .gz. Scores are written as
-    the shortest text that reads back as the same float32, so equal scores stay equal and the order is kept.
-    MS MARCO files carry ranks, not scores: `read_run` reads only the other two. Lines are formatted by Arrow a
-    block of queries at a time, not one Python string each.
+
+def write_run_batches(path: str | os.PathLike, batches: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]],
+                      format: str = "tevatron", tag: str = "raytev") -> int:
+    """Write each (query ids, scores, docids) batch of ranked hits as it comes; return the lines written.
+
+    Rows are as `search` returns them (None docids skipped), so a run written batch by batch has the bytes of the
+    same run written at once. Written under a temporary name and renamed when the last batch is in (removed if
+    anything fails first), gzip-compressed when `path` ends in .gz. Scores are written as the shortest text that
+    reads back as the same float32, so equal scores stay equal and the order is kept. MS MARCO files carry ranks,
+    not scores: `read_run` reads only the other two. Lines are formatted by Arrow a block of queries at a time,
+    not one Python string each.
     """
     if format not in RUN_FORMATS:
         raise RaytevError(f"unknown run format {format!r}: choose one of {', '.join(RUN_FORMATS)}.")
-    query_ids = pa.array([str(query_id) for query_id in query_ids], pa.string())
-    if not len(query_ids) == len(scores) == len(docids):
-        raise ValueError(f"{len(query_ids)} query ids for {len(scores)} score rows and {len(docids)} docid rows")
-    _check_no_whitespace(query_ids, "query id")
     path = Path(path)
-    depth = np.shape(scores)[1] if len(query_ids) else 0
-    rows_per_block = max(1, WRITE_ROWS_PER_BLOCK // max(depth, 1))
     lines = 0
     with staged_file(path) as temporary, \
             (gzip.open if path.suffix == ".gz" else open)(temporary, "wb") as handle:
-        for low in range(0, len(query_ids), rows_per_block):
-            high = min(low + rows_per_block, len(query_ids))
-            block = _run_lines(format, query_ids.slice(low, high - low), np.asarray(scores[low:high]),
-                               np.asarray(docids[low:high]), tag)
-            if len(block):
-                handle.write(pc.binary_join(pa.ListArray.from_arrays([0, len(block)], block), "\n")[0].as_buffer())
-                handle.write(b"\n")
-            lines += len(block)
+        for batch_query_ids, scores, docids in batches:
+            query_ids = pa.array([str(query_id) for query_id in batch_query_ids], pa.string())
+            if not len(query_ids) == len(scores) == len(docids):
+                raise ValueError(f"{len(query_ids)} query ids for {len(scores)} score rows and {len(docids)} docid "
+                                 "rows")
+            _check_no_whitespace(query_ids, "query id")
+            depth = np.shape(scores)[1] if len(query_ids) else 0
+            rows_per_block = max(1, WRITE_ROWS_PER_BLOCK // max(depth, 1))
+            for low in range(0, len(query_ids), rows_per_block):
+                high = min(low + rows_per_block, len(query_ids))
+                block = _run_lines(format, query_ids.slice(low, high - low), np.asarray(scores[low:high]),
+                                   np.asarray(docids[low:high]), tag)
+                if len(block):
+                    handle.write(pc.binary_join(pa.ListArray.from_arrays([0, len(block)], block), "\n")[0]
+                                 .as_buffer())
+                    handle.write(b"\n")
+                lines += len(block)
     return lines
 
 

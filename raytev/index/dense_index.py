@@ -51,12 +51,7 @@ class DenseIndex:
 
     def docids(self, positions: np.ndarray) -> np.ndarray:
         """The ids at `positions` (any shape) as an object array of str; None where a position is -1."""
-        positions = np.asarray(positions, dtype=np.int64)
-        found = positions >= 0
-        docids = np.full(positions.shape, None, dtype=object)
-        if found.any():
-            docids[found] = self.ids.take(pa.array(positions[found])).to_numpy(zero_copy_only=False)
-        return docids
+        return docids_at(self.ids, positions)
 
     def flat_vectors(self) -> np.ndarray | None:
         """The vectors of a flat index as a zero-copy [ntotal, dim] view (valid while it lives); None for others."""
@@ -92,6 +87,16 @@ class DenseIndex:
         squares = max(float(np.einsum("ij,ij->i", block, block, dtype=np.float64).max())
                       for block in (vectors[start:start + 65536] for start in range(0, len(vectors), 65536)))
         return float(np.sqrt(squares))
+
+
+def docids_at(ids: pa.Array, positions: np.ndarray) -> np.ndarray:
+    """`ids` at `positions` (any shape) as an object array of str; None where a position is -1."""
+    positions = np.asarray(positions, dtype=np.int64)
+    found = positions >= 0
+    docids = np.full(positions.shape, None, dtype=object)
+    if found.any():
+        docids[found] = ids.take(pa.array(positions[found])).to_numpy(zero_copy_only=False)
+    return docids
 
 
 def set_parameters(index: faiss.Index, parameters: str) -> None:

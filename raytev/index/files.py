@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from raytev.config.sections import RetrievalSection
 from raytev.config.stages import IndexConfig, SearchConfig
-from raytev.data.runs import write_run
+from raytev.data.runs import read_run, write_run_batches
 from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, read_tevatron_pickle
+from raytev.errors import ProblemLog
 from raytev.index.build import build_index
 from raytev.index.dense_index import IndexInfo
-from raytev.index.search import search, shard_search
+from raytev.index.search import Source, one_part, ranked_batches
 from raytev.index.storage import save_index
 
 
@@ -34,28 +38,27 @@ class IndexResult:
 
 @dataclass
 class SearchResult:
-    """The ranking of every query (as written to the run file), and how long the search took."""
+    """Where the ranking of every query was written, and how long the search took."""
 
     run: Path
     lines: int
     depth: int
     format: str
     seconds: float
-    query_ids: list[str] = field(repr=False)
-    scores: np.ndarray = field(repr=False)  # [queries, depth], best first
-    docids: np.ndarray = field(repr=False)  # [queries, depth]; None where a query found fewer
+    queries: int
 
     @functools.cached_property
     def rankings(self) -> dict[str, list[tuple[str, float]]]:
-        """query id -> [(docid, score)], best first: Python objects made only when asked for (a 500k-query run at
-        depth 1000 would be 500M of them)."""
-        return {query_id: [(str(docid), float(score)) for docid, score in zip(row_docids, row_scores)
-                           if docid is not None]
-                for query_id, row_scores, row_docids in zip(self.query_ids, self.scores, self.docids)}
+        """query id -> [(docid, score)], best first, read back from the run file when asked for (the search
+        streams its batches to the file and keeps none; MS MARCO runs carry ranks, not scores)."""
+        problems = ProblemLog()
+        run = read_run(self.run, problems)
+        problems.raise_if_any()
+        return {query_id: [(entry.docid, entry.score) for entry in entries] for query_id, entries in run.items()}
 
     def summary(self) -> str:
         """What `raytev search` prints."""
-        return (f"searched {len(self.query_ids):,} queries (depth {self.depth}) in {self.seconds:.1f} s: "
+        return (f"searched {self.queries:,} queries (depth {self.depth}) in {self.seconds:.1f} s: "
                 f"{self.lines:,} lines ({self.format}) -> {self.run}")
 
 
@@ -66,27 +69,32 @@ def build_index_files(config: IndexConfig) -> IndexResult:
 
 
 def search_files(config: SearchConfig) -> SearchResult:
-    """`raytev search`: rank passages for every query and write the run."""
+    """`raytev search`: rank passages for every query, writing the run a query batch at a time."""
     started = time.perf_counter()
-    query_ids, scores, docids = rank_files(config)
-    lines = write_run(config.save_ranking_to, query_ids, scores, docids, config.format)
-    return SearchResult(Path(config.save_ranking_to), lines, config.retrieval.depth, config.format,
-                        time.perf_counter() - started, list(query_ids), scores, docids)
-
-
-def rank_files(config: SearchConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(query ids, scores [nq, depth], docids [nq, depth]) of query embeddings against passage embeddings/index."""
-    retrieval = config.retrieval
     with tempfile.TemporaryDirectory(prefix="raytev-pickles-") as scratch:
         query_reps, passage_reps = config.query_reps, config.passage_reps
         if config.input_format == "tevatron-pickle":
             query_reps = pickles_as_shards(query_reps, Path(scratch) / "queries", "queries")
             passage_reps = pickles_as_shards(passage_reps, Path(scratch) / "passages", "passages")
         query_ids, query_vectors = load_embeddings(query_reps)
-        find = shard_search if retrieval.shard_search else search
-        scores, docids = find(passage_reps, query_vectors, retrieval.depth, retrieval.batch_size,
-                              retrieval.search_parameters)
-    return query_ids.tolist(), scores, docids
+        lines = write_searched_run(config.save_ranking_to, query_ids, query_vectors, passage_reps, config.retrieval,
+                                   config.format)
+    return SearchResult(Path(config.save_ranking_to), lines, config.retrieval.depth, config.format,
+                        time.perf_counter() - started, len(query_ids))
+
+
+def write_searched_run(path: str | os.PathLike, query_ids: np.ndarray, query_vectors: np.ndarray, passages: Source,
+                       retrieval: RetrievalSection, format: str = "tevatron") -> int:
+    """Search `passages` (embeddings, or an index) for every query and write each batch's lines as it is ranked;
+    return the lines written. --shard_search takes embedding shards one at a time, scratch files beside the run."""
+    sources = passages if retrieval.shard_search else one_part(passages)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batches = ranked_batches(sources, query_vectors, retrieval.depth, retrieval.batch_size,
+                             retrieval.search_parameters, scratch_dir=path.parent)
+    with contextlib.closing(batches):  # a failed write ends the search (and its progress bar) at once
+        return write_run_batches(path, ((query_ids[start:start + len(scores)], scores, docids)
+                                        for start, scores, docids in batches), format)
 
 
 def pickles_as_shards(location: str, folder: Path, kind: str) -> str:

@@ -1,8 +1,11 @@
 """Batch search of one index or many parts (embedding shards, saved indexes), merged into one global ranking.
 
 A part is searched alone, its top-depth kept and merged into the running top-depth, so only one part is in
-memory at a time. Hits are ranked by score, ties going to the lower global position (the order the parts
-are given, then add order inside a part), the same ranking for one index and for any split of it.
+memory at a time. `ranked_batches` hands each query batch on when it is ranked (the stages write it to the run
+at once, so their memory is one batch x depth whatever the query count); `search` and `shard_search` gather the
+batches for callers that want the whole result as arrays. Hits are ranked by score, ties going to the lower
+global position (the order the parts are given, then add order inside a part), the same ranking for one index
+and for any split of it.
 Flat parts are searched exactly (exact_flat_search), so a split corpus gives the same docids and scores as
 one flat index over it; ANN parts (HNSW, IVF) rank what FAISS returns.
 
@@ -20,14 +23,17 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from raytev.encoding.embeddings import find_shards
 from raytev.errors import RaytevError
 from raytev.index.build import index_shards
-from raytev.index.dense_index import DenseIndex, set_parameters
+from raytev.index.dense_index import DenseIndex, docids_at, set_parameters
 from raytev.index.storage import is_index_folder, load_index
 from raytev.progress import progress_bar
 
@@ -50,48 +56,125 @@ def search(index_or_embeddings: Source, query_vectors: np.ndarray, depth: int, b
     Embeddings (a folder, shard file or glob) become one flat index in memory, searched once; `shard_search`
     searches them one shard at a time instead (memory for one shard, the same ranking).
     """
-    if not isinstance(index_or_embeddings, DenseIndex) and not is_index_folder(index_or_embeddings):
-        location = str(index_or_embeddings)
-        index_or_embeddings = index_shards(find_shards(location), progress=False, location=location)
-    return shard_search([index_or_embeddings], query_vectors, depth, batch_size, search_parameters, mmap)
+    return shard_search([one_part(index_or_embeddings)], query_vectors, depth, batch_size, search_parameters, mmap)
+
+
+def one_part(source: Source) -> Source:
+    """`source` as one searchable part: embeddings (a folder, shard file or glob) become one in-memory flat index."""
+    if isinstance(source, DenseIndex) or is_index_folder(source):
+        return source
+    return index_shards(find_shards(str(source)), progress=False, location=str(source))
 
 
 def shard_search(sources: Source | Sequence[Source], query_vectors: np.ndarray, depth: int, batch_size: int = -1,
                  search_parameters: str = "", mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Search every part alone and merge into the global top-`depth`; one part in memory at a time.
+    """Search every part alone and merge into the global top-`depth`, held in memory for every query.
+
+    Columns beyond what any query found are dropped (depth > ntotal); an ANN index that finds fewer for some
+    queries leaves None docids and -inf scores at the end of those rows. `ranked_batches` has the arguments.
+    """
+    queries = _checked_queries(query_vectors)
+    scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
+    docids = np.full((len(queries), depth), None, dtype=object)
+    for start, batch_scores, batch_docids in ranked_batches(sources, queries, depth, batch_size, search_parameters,
+                                                            mmap):
+        rows, width = batch_scores.shape
+        scores[start:start + rows, :width], docids[start:start + rows, :width] = batch_scores, batch_docids
+    width = int(np.not_equal(docids, None).sum(axis=1).max(initial=0))
+    return scores[:, :width], docids[:, :width]
+
+
+def ranked_batches(sources: Source | Sequence[Source], query_vectors: np.ndarray, depth: int, batch_size: int = -1,
+                   search_parameters: str = "", mmap: bool = False,
+                   scratch_dir: str | os.PathLike | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first query, scores, docids) of each batch of `batch_size` queries (-1: all at once), in query order,
+    ranked over every part: the global top-`depth` (fewer columns where the parts hold fewer passages).
 
     Sources: embeddings (a folder, shard file or glob: each shard becomes an in-memory flat index), saved
-    index folders, or DenseIndex objects. Queries go to FAISS `batch_size` at a time (-1: all at once).
-    `search_parameters` such as "nprobe=32" or "efSearch=128" are set on each part. Columns beyond what any
-    query found are dropped (depth > ntotal); an ANN index that finds fewer for some queries leaves None
-    docids and -inf scores at the end of those rows.
+    index folders, or DenseIndex objects, one loaded at a time. `search_parameters` such as "nprobe=32" or
+    "efSearch=128" are set on each part. One part is searched batch by batch and each batch handed on as it is
+    done. Several parts are searched one after another, each against every batch; the running top-`depth` of
+    every query waits in two scratch files under `scratch_dir` (read and written a batch at a time, so memory
+    holds one part and one batch) and the batches are handed on after the last part, with the docids of every
+    part (ids only, not vectors) kept to name them.
     """
     queries = _checked_queries(query_vectors)
     if depth < 1:
         raise RaytevError(f"depth must be at least 1, got {depth}.")
     parts = _part_loaders([sources] if isinstance(sources, (str, os.PathLike, DenseIndex)) else sources, mmap)
-    scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
-    positions = np.full((len(queries), depth), -1, dtype=np.int64)
-    docids = np.full((len(queries), depth), None, dtype=object)
-    offset, model = 0, ""
     step = batch_size if batch_size and batch_size > 0 else max(1, len(queries))
+    batches = [slice(start, min(start + step, len(queries))) for start in range(0, len(queries), step)]
     with progress_bar(total=len(parts) * len(queries), desc="searching", unit="query") as bar:
-        for name, load in parts:
-            part = load()
-            model = _checked_part(part, name, queries.shape[1], model)
-            set_parameters(part.faiss_index, search_parameters)
-            for start in range(0, len(queries), step):
-                batch = slice(start, start + step)
-                found_scores, found = _search_part(part, queries[batch], depth)
-                merged = top_hits(np.concatenate([scores[batch], found_scores], axis=1),
-                                  np.concatenate([positions[batch], np.where(found >= 0, found + offset, -1)], axis=1),
-                                  depth, np.concatenate([docids[batch], part.docids(found)], axis=1))
-                scores[batch], positions[batch], docids[batch] = merged
-                bar.update(len(found))
-            offset += part.faiss_index.ntotal
-            del part
-    width = int((positions >= 0).sum(axis=1).max(initial=0))
-    return scores[:, :width], docids[:, :width]
+        if len(parts) == 1:
+            part = _loaded(*parts[0], queries.shape[1], "", search_parameters)
+            for batch in batches:
+                scores, positions = _search_part(part, queries[batch], depth)
+                bar.update(len(scores))
+                yield batch.start, scores, part.docids(positions)
+            return
+        with tempfile.TemporaryDirectory(prefix="raytev-search-", dir=scratch_dir) as scratch, \
+                RunningTop(Path(scratch), depth) as best:
+            ids, offset, model = [], 0, ""
+            for number, (name, load) in enumerate(parts):
+                part = _loaded(name, load, queries.shape[1], model, search_parameters)
+                model = model or part.info.model
+                for batch in batches:
+                    found_scores, found = _search_part(part, queries[batch], depth)
+                    kept_scores, kept = best.read(batch) if number else (found_scores[:, :0], found[:, :0])
+                    best.write(batch, *top_hits(np.concatenate([kept_scores, found_scores], axis=1),
+                                                np.concatenate([kept, np.where(found >= 0, found + offset, -1)],
+                                                               axis=1), depth))
+                    bar.update(len(found))
+                ids.append(part.ids)
+                offset += part.faiss_index.ntotal
+                del part
+            every_id = pa.concat_arrays(ids)
+            for batch in batches:
+                scores, positions = best.read(batch)
+                yield batch.start, scores, docids_at(every_id, positions)
+
+
+class RunningTop:
+    """Every query's best (scores, global positions) so far, [queries, depth] in two files of a scratch folder,
+    read and written a batch of rows at a time with pread/pwrite (no map, so none of it stays in memory)."""
+
+    def __init__(self, folder: Path, depth: int):
+        self.depth = depth
+        self.files = {np.float32: open(folder / "scores.f32", "w+b"), np.int64: open(folder / "positions.i64", "w+b")}
+
+    def __enter__(self) -> RunningTop:
+        return self
+
+    def __exit__(self, *_) -> None:
+        for file in self.files.values():
+            file.close()
+
+    def read(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The (scores, positions) of `rows`, as last written."""
+        return tuple(self._read(kind, rows) for kind in self.files)
+
+    def write(self, rows: slice, scores: np.ndarray, positions: np.ndarray) -> None:
+        """Store the (scores, positions) of `rows`, padded to the depth with (-inf, -1)."""
+        for kind, values, missing in ((np.float32, scores, -np.inf), (np.int64, positions, -1)):
+            padded = np.full((len(values), self.depth), missing, dtype=kind)
+            padded[:, :values.shape[1]] = values
+            os.pwrite(self.files[kind].fileno(), padded.tobytes(), self._offset(kind, rows))
+
+    def _read(self, kind, rows: slice) -> np.ndarray:
+        size = np.dtype(kind).itemsize * self.depth
+        data = os.pread(self.files[kind].fileno(), (rows.stop - rows.start) * size, self._offset(kind, rows))
+        return np.frombuffer(data, dtype=kind).reshape(-1, self.depth)
+
+    def _offset(self, kind, rows: slice) -> int:
+        return rows.start * self.depth * np.dtype(kind).itemsize
+
+
+def _loaded(name: str, load: Callable[[], DenseIndex], dim: int, model: str, search_parameters: str) -> DenseIndex:
+    """A part loaded, checked against the queries and the parts before it, its search parameters set."""
+    part = load()
+    _checked_part(part, name, dim, model)
+    set_parameters(part.faiss_index, search_parameters)
+    return part
 
 
 def _search_part(part: DenseIndex, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
 
 from raytev.config.stages import MineConfig
 from raytev.data.formats import Passage, parse_query_record, parse_training_group
 from raytev.data.prepare import prepare_data
 from raytev.data.reading import read_passages
-from raytev.data.runs import read_run
+from raytev.data.runs import iter_run_queries, run_entries
 from raytev.data.sampling import stable_seed
 from raytev.data.sources import DataSource, resolve_source
 from raytev.errors import ProblemLog, RaytevError
@@ -58,26 +61,53 @@ def mine(config: MineConfig, corpus_embeddings: Path | None = None) -> MineResul
     outputs = retrieve(config, model, output.with_name(output.name + ".retrieval"), depth, corpus_embeddings)
 
     started_selecting = time.perf_counter()
-    problems = ProblemLog()
-    run = read_run(outputs.run, problems)
-    problems.raise_if_any()
     rows = groups.to_pylist()
-    ranked = {row["query_id"]: [entry.docid for entry in run.get(row["query_id"], [])] for row in rows}
+    with_answers = any(row.get("answers") for row in rows)
+    # Texts are needed for the output groups, and for every candidate only when answers rule some out.
     needed = {docid for row in rows for docid in row["positive_docids"] + row["negative_docids"]}
-    needed |= {docid for docids in ranked.values() for docid in docids}
-    passages = read_passages(source.corpus, problems, needed)
-    problems.raise_if_any()
-    missing = sorted(needed - passages.keys())
-    if missing:
-        raise RaytevError(f"{len(missing)} docids of the training groups are not in the corpus (e.g. "
-                          f"{', '.join(missing[:3])}): mining needs groups whose passages are corpus passages.")
-    mined = {row["query_id"]: select_negatives(row, ranked[row["query_id"]], passages, config, config.data.seed)
-             for row in rows}
+    if with_answers:
+        needed |= {docid for chunk in run_chunks(outputs.run) for docid in chunk.column("docid").to_pylist()}
+    passages = read_corpus(source, needed) if with_answers else {}
+    mined = mine_run(outputs.run, {row["query_id"]: row for row in rows}, passages, config)
+    if not with_answers:
+        passages = read_corpus(source, needed | {docid for docids in mined.values() for docid in docids})
     write_groups(output, source, rows, mined, passages, config.keep_original_groups)
     count = sum(len(negatives) for negatives in mined.values())
     finished(outputs.stages, "select negatives", time.perf_counter() - started_selecting,
              f"{count:,} negatives for {len(rows):,} queries -> {output}")
     return MineResult(output, len(rows), count, time.perf_counter() - started, outputs.stages)
+
+
+def mine_run(run: Path, rows: dict[str, dict], passages: dict[str, Passage],
+             options: MineConfig) -> dict[str, list[str]]:
+    """Query id -> mined negatives of every group, the run read a chunk of whole queries at a time (memory for a
+    chunk of the ranking, not the whole run); a query the run does not rank gets none."""
+    mined = dict.fromkeys(rows, [])
+    for chunk in run_chunks(run):
+        for query_id, entries in run_entries(chunk).items():
+            if query_id in rows:
+                mined[query_id] = select_negatives(rows[query_id], [entry.docid for entry in entries], passages,
+                                                   options, options.data.seed)
+    return mined
+
+
+def run_chunks(run: Path) -> Iterator[pa.Table]:
+    """The run (as `retrieve` wrote it) in chunks of whole queries."""
+    problems = ProblemLog()
+    yield from iter_run_queries(run, problems)
+    problems.raise_if_any()
+
+
+def read_corpus(source: DataSource, docids: set[str]) -> dict[str, Passage]:
+    """The passages of `docids`, every one of them in the corpus or a clear error."""
+    problems = ProblemLog()
+    passages = read_passages(source.corpus, problems, docids)
+    problems.raise_if_any()
+    missing = sorted(docids - passages.keys())
+    if missing:
+        raise RaytevError(f"{len(missing)} docids of the training groups are not in the corpus (e.g. "
+                          f"{', '.join(missing[:3])}): mining needs groups whose passages are corpus passages.")
+    return passages
 
 
 def select_negatives(group: dict, ranked: list[str], passages: dict[str, Passage], options: MineConfig,

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from raytev.config.fields import substage
 from raytev.config.stages import EncodeConfig, MineConfig, PipelineConfig
-from raytev.data.runs import write_run
 from raytev.encoding.embeddings import load_embeddings
 from raytev.encoding.encoder import encode
 from raytev.index.build import build_index
-from raytev.index.search import search, shard_search
+from raytev.index.files import write_searched_run
 from raytev.index.storage import save_index
 from raytev.model.resolved import ResolvedModel
 from raytev.progress import report_stage
@@ -72,13 +71,9 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
     started = time.perf_counter()
     depth = depth or config.retrieval.depth
     query_ids, query_vectors = load_embeddings(str(query_dir))
-    if config.retrieval.shard_search:
-        scores, docids = shard_search(str(corpus_dir), query_vectors, depth, config.retrieval.batch_size,
-                                      config.retrieval.search_parameters)
-    else:
-        scores, docids = search(built, query_vectors, depth, config.retrieval.batch_size,
-                                config.retrieval.search_parameters)
-    lines = write_run(run_path, query_ids.tolist(), scores, docids)
+    retrieval = dataclasses.replace(config.retrieval, depth=depth)
+    lines = write_searched_run(run_path, query_ids, query_vectors, corpus_dir if retrieval.shard_search else built,
+                               retrieval)
     seconds = time.perf_counter() - started
     finished(stages, "search", seconds, f"{len(query_ids):,} queries x depth {depth}, "
                                         f"{len(query_ids) / max(seconds, 1e-9):.0f} queries/s, {lines:,} lines")
