@@ -14,6 +14,7 @@ from raytev.index.build import (
     centroids_needed,
     draw_training_sample,
     make_faiss_index,
+    sized_spec,
     training_sample_size,
 )
 from raytev.index.faiss_setup import faiss
@@ -102,6 +103,24 @@ def test_training_sample_size_follows_the_documented_rule():
     assert centroids_needed(make_faiss_index("PQ16", 128)) == 256
     assert training_sample_size(make_faiss_index("IVF64,Flat", 128), "IVF64,Flat", 10_000_000, "x") == 100_000
     assert training_sample_size(make_faiss_index("IVF64,Flat", 128), "IVF64,Flat", 5_000, "x") == 5_000
+
+
+def test_ivfauto_sizes_the_lists_within_faiss_advice():
+    for total, lists in ((1_000_000, 4096), (1_600_000, 8192), (8_800_000, 16384), (21_000_000, 32768), (3000, 256)):
+        assert sized_spec("IVFauto,PQ16", total) == f"IVF{lists},PQ16"
+        assert 4 * total ** 0.5 <= lists <= 16 * total ** 0.5 and lists & (lists - 1) == 0
+    assert sized_spec("auto", 1_000_000) == sized_spec(" AUTO ", 1_000_000) == "IVF4096,Flat"
+    assert sized_spec("OPQ16,IVFauto,PQ16", 1_000_000) == "OPQ16,IVF4096,PQ16"
+    assert sized_spec("HNSW32", 10**9) == "HNSW32" and sized_spec("IVF100,Flat", 10**9) == "IVF100,Flat"
+
+
+def test_an_auto_index_records_the_spec_it_built_and_trains_on_the_bounded_sample(tmp_path):
+    vectors, queries = clustered(20_000, 0), clustered(50, 1)
+    index = build_index(write_embeddings(tmp_path / "emb", vectors, [12_000, 8_000]), "auto", seed=3, progress=False)
+    assert index.info.spec == "IVF1024,Flat" and faiss.extract_index_ivf(index.faiss_index).nlist == 1024
+    assert index.info.training_vectors == 20_000  # max(40 x 1024, 100,000), capped at the corpus
+    _, docids = search(index, queries, 10, search_parameters="nprobe=64")
+    assert recall_at(docids, brute_force(queries, vectors, 10)[1]) >= 0.9
 
 
 def test_product_quantizers_skip_polysemous_training():

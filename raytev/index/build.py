@@ -26,6 +26,21 @@ from raytev.progress import progress_bar
 DEFAULT_SPEC = "Flat"
 POINTS_PER_CENTROID = 40
 MIN_SAMPLE = 100_000
+AUTO_SPEC, AUTO_LISTS = "auto", "IVFauto"  # `auto` alone is IVFauto,Flat
+
+
+def sized_spec(spec: str, total: int) -> str:
+    """`spec` with IVFauto (or `auto`, IVFauto,Flat) replaced by IVF<nlist> for `total` vectors.
+
+    nlist is the smallest power of two of at least 4 x sqrt(total), so within FAISS's advice of 4-16 x sqrt(N)
+    lists: 4096 for 1M vectors, 8192 for 1.6M, 16384 for 8.8M (MS MARCO), 32768 for 21M (Wikipedia).
+    """
+    if spec.strip().lower() == AUTO_SPEC:
+        spec = f"{AUTO_LISTS},Flat"
+    if AUTO_LISTS not in spec:
+        return spec
+    lists = 1 << max(0, int(np.ceil(np.log2(4 * np.sqrt(max(total, 1))))))
+    return spec.replace(AUTO_LISTS, f"IVF{lists}")
 
 
 def make_faiss_index(spec: str, dim: int) -> faiss.Index:
@@ -63,6 +78,7 @@ def index_shards(shards: list[EmbeddingShard], spec: str = DEFAULT_SPEC, use_gpu
     location = location or str(shards[0].path)
     dim = shards[0].dim
     counts = [pq.read_metadata(shard.path).num_rows for shard in shards]
+    spec = sized_spec(spec, sum(counts))
     index = make_faiss_index(spec, dim)
     set_parameters(index, build_parameters)
     training_vectors = 0
