@@ -296,5 +296,8 @@ class RetrievalSection(Options):
                                    "x --depth hits whatever the query count (-1: all at once).")
     shard_search: bool = option(False, "Search embedding shards one at a time and merge their top-k: memory for "
                                        "one shard instead of the whole corpus, the same ranking.")
+    search_workers: int = option(0, "Ray tasks that search the index parts at once (embedding shards, or saved "
+                                    "index folders named by a glob), each a share of the parts, merged into the "
+                                    "ranking one process gives; 0 searches in this process.", at_least=0)
     search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 (IVF) or efSearch=128 "
                                         "(HNSW); unset, FAISS's defaults (nprobe 1, efSearch 16) apply.")

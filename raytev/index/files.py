@@ -20,6 +20,7 @@ from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, loa
 from raytev.errors import ProblemLog
 from raytev.index.build import build_index
 from raytev.index.dense_index import IndexInfo
+from raytev.index.distributed import rank_on_ray
 from raytev.index.search import Source, one_part, ranked_batches
 from raytev.index.storage import save_index
 
@@ -86,12 +87,15 @@ def search_files(config: SearchConfig) -> SearchResult:
 def write_searched_run(path: str | os.PathLike, query_ids: np.ndarray, query_vectors: np.ndarray, passages: Source,
                        retrieval: RetrievalSection, format: str = "tevatron") -> int:
     """Search `passages` (embeddings, or an index) for every query and write each batch's lines as it is ranked;
-    return the lines written. --shard_search takes embedding shards one at a time, scratch files beside the run."""
-    sources = passages if retrieval.shard_search else one_part(passages)
+    return the lines written. --shard_search takes embedding shards one at a time and --search_workers shares the
+    parts among Ray tasks, both with scratch files beside the run."""
+    workers = retrieval.search_workers
+    sources = passages if retrieval.shard_search or workers else one_part(passages)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batches = ranked_batches(sources, query_vectors, retrieval.depth, retrieval.batch_size,
-                             retrieval.search_parameters, scratch_dir=path.parent)
+                             retrieval.search_parameters, scratch_dir=path.parent,
+                             rank_groups=rank_on_ray(workers) if workers else None)
     with contextlib.closing(batches):  # a failed write ends the search (and its progress bar) at once
         return write_run_batches(path, ((query_ids[start:start + len(scores)], scores, docids)
                                         for start, scores, docids in batches), format)

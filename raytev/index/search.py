@@ -21,20 +21,24 @@ left out can then rank in, ties included); otherwise it is fetched again twice a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import glob
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raytev.encoding.embeddings import find_shards
 from raytev.errors import RaytevError
 from raytev.index.build import index_shards
 from raytev.index.dense_index import DenseIndex, docids_at, set_parameters
-from raytev.index.storage import is_index_folder, load_index
+from raytev.index.storage import is_index_folder, load_index, read_info
 from raytev.progress import progress_bar
 
 Source = DenseIndex | str | os.PathLike
@@ -85,8 +89,8 @@ def shard_search(sources: Source | Sequence[Source], query_vectors: np.ndarray, 
 
 
 def ranked_batches(sources: Source | Sequence[Source], query_vectors: np.ndarray, depth: int, batch_size: int = -1,
-                   search_parameters: str = "", mmap: bool = False,
-                   scratch_dir: str | os.PathLike | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                   search_parameters: str = "", mmap: bool = False, scratch_dir: str | os.PathLike | None = None,
+                   rank_groups: RankGroups | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first query, scores, docids) of each batch of `batch_size` queries (-1: all at once), in query order,
     ranked over every part: the global top-`depth` (fewer columns where the parts hold fewer passages).
 
@@ -96,56 +100,97 @@ def ranked_batches(sources: Source | Sequence[Source], query_vectors: np.ndarray
     done. Several parts are searched one after another, each against every batch; the running top-`depth` of
     every query waits in two scratch files under `scratch_dir` (read and written a batch at a time, so memory
     holds one part and one batch) and the batches are handed on after the last part, with the docids of every
-    part (ids only, not vectors) kept to name them.
+    part (ids only, not vectors) kept to name them. `rank_groups` searches groups of consecutive parts elsewhere
+    (raytev.index.distributed: Ray tasks), each into its own scratch files, merged here batch by batch.
     """
     queries = _checked_queries(query_vectors)
     if depth < 1:
         raise RaytevError(f"depth must be at least 1, got {depth}.")
-    parts = _part_loaders([sources] if isinstance(sources, (str, os.PathLike, DenseIndex)) else sources, mmap)
+    parts = index_parts([sources] if isinstance(sources, (str, os.PathLike, DenseIndex)) else sources, mmap)
     step = batch_size if batch_size and batch_size > 0 else max(1, len(queries))
     batches = [slice(start, min(start + step, len(queries))) for start in range(0, len(queries), step)]
-    with progress_bar(total=len(parts) * len(queries), desc="searching", unit="query") as bar:
-        if len(parts) == 1:
-            part = _loaded(*parts[0], queries.shape[1], "", search_parameters)
+    if len(parts) == 1 and rank_groups is None:
+        with progress_bar(total=len(queries), desc="searching", unit="query") as bar:
+            part = _loaded(parts[0], queries.shape[1], search_parameters)
             for batch in batches:
                 scores, positions = _search_part(part, queries[batch], depth)
                 bar.update(len(scores))
                 yield batch.start, scores, part.docids(positions)
-            return
-        with tempfile.TemporaryDirectory(prefix="raytev-search-", dir=scratch_dir) as scratch, \
-                RunningTop(Path(scratch), depth) as best:
-            ids, offset, model = [], 0, ""
-            for number, (name, load) in enumerate(parts):
-                part = _loaded(name, load, queries.shape[1], model, search_parameters)
-                model = model or part.info.model
-                for batch in batches:
-                    found_scores, found = _search_part(part, queries[batch], depth)
-                    kept_scores, kept = best.read(batch) if number else (found_scores[:, :0], found[:, :0])
-                    best.write(batch, *top_hits(np.concatenate([kept_scores, found_scores], axis=1),
-                                                np.concatenate([kept, np.where(found >= 0, found + offset, -1)],
-                                                               axis=1), depth))
-                    bar.update(len(found))
-                ids.append(part.ids)
-                offset += part.faiss_index.ntotal
-                del part
-            every_id = pa.concat_arrays(ids)
+        return
+    with tempfile.TemporaryDirectory(prefix="raytev-search-", dir=scratch_dir) as scratch:
+        if rank_groups is None:
+            with progress_bar(total=len(parts) * len(queries), desc="searching", unit="query") as bar:
+                folders = [Path(scratch) / "top-0"]
+                ids = rank_into(folders[0], parts, queries, depth, batches, search_parameters, bar.update)
+        else:
+            folders, ids = rank_groups(parts, queries, depth, batches, search_parameters, Path(scratch))
+        every_id = pa.concat_arrays(ids)
+        tops = [RunningTop(folder, depth, write=False) for folder in folders]
+        try:
             for batch in batches:
-                scores, positions = best.read(batch)
+                found = [top.read(batch) for top in tops]
+                scores, positions = top_hits(np.concatenate([scores for scores, _ in found], axis=1),
+                                             np.concatenate([positions for _, positions in found], axis=1), depth)
                 yield batch.start, scores, docids_at(every_id, positions)
+        finally:
+            for top in tops:
+                top.close()
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of what is searched: its name in messages, how to load it, where its rows start globally, its size
+    and the model that encoded it ("" when unknown)."""
+
+    name: str
+    load: Callable[[], DenseIndex]
+    offset: int
+    size: int
+    model: str
+    in_memory: bool = False  # a DenseIndex object of this process: no other process can load it
+
+
+RankGroups = Callable[[list[Part], np.ndarray, int, list[slice], str, Path], tuple[list[Path], list[pa.Array]]]
+
+
+def rank_into(folder: Path, parts: Sequence[Part], queries: np.ndarray, depth: int, batches: Sequence[slice],
+              search_parameters: str, progress: Callable[[int], object] = lambda _: None) -> list[pa.Array]:
+    """Search `parts` one after another against every batch, leaving each query's top-`depth` over them (global
+    positions) in `folder`'s RunningTop files; return the parts' ids. Rewrites the files whole when run again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    with RunningTop(folder, depth, write=True) as best:
+        for number, spec in enumerate(parts):
+            part = _loaded(spec, queries.shape[1], search_parameters)
+            for batch in batches:
+                found_scores, found = _search_part(part, queries[batch], depth)
+                kept_scores, kept = best.read(batch) if number else (found_scores[:, :0], found[:, :0])
+                best.write(batch, *top_hits(np.concatenate([kept_scores, found_scores], axis=1),
+                                            np.concatenate([kept, np.where(found >= 0, found + spec.offset, -1)],
+                                                           axis=1), depth))
+                progress(len(found))
+            ids.append(part.ids)
+            del part
+    return ids
 
 
 class RunningTop:
-    """Every query's best (scores, global positions) so far, [queries, depth] in two files of a scratch folder,
-    read and written a batch of rows at a time with pread/pwrite (no map, so none of it stays in memory)."""
+    """Every query's best (scores, global positions) so far, [queries, depth] in two files of a folder, read and
+    written a batch of rows at a time with pread/pwrite (no map, so none of it stays in memory)."""
 
-    def __init__(self, folder: Path, depth: int):
+    def __init__(self, folder: Path, depth: int, write: bool):
         self.depth = depth
-        self.files = {np.float32: open(folder / "scores.f32", "w+b"), np.int64: open(folder / "positions.i64", "w+b")}
+        mode = "w+b" if write else "rb"
+        self.files = {np.float32: open(folder / "scores.f32", mode), np.int64: open(folder / "positions.i64", mode)}
 
     def __enter__(self) -> RunningTop:
         return self
 
     def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close both files."""
         for file in self.files.values():
             file.close()
 
@@ -169,10 +214,12 @@ class RunningTop:
         return rows.start * self.depth * np.dtype(kind).itemsize
 
 
-def _loaded(name: str, load: Callable[[], DenseIndex], dim: int, model: str, search_parameters: str) -> DenseIndex:
-    """A part loaded, checked against the queries and the parts before it, its search parameters set."""
-    part = load()
-    _checked_part(part, name, dim, model)
+def _loaded(spec: Part, dim: int, search_parameters: str) -> DenseIndex:
+    """A part loaded, checked against the queries, its search parameters set."""
+    part = spec.load()
+    if part.faiss_index.d != dim:
+        raise RaytevError(f"{spec.name} holds {part.faiss_index.d}-dimensional vectors but the queries have {dim}: "
+                          "encode the queries with the model that encoded the passages.")
     set_parameters(part.faiss_index, search_parameters)
     return part
 
@@ -186,18 +233,36 @@ def _search_part(part: DenseIndex, queries: np.ndarray, depth: int) -> tuple[np.
     return top_hits(scores, positions, depth)
 
 
-def _part_loaders(sources: Sequence[Source], mmap: bool) -> list[tuple[str, Callable[[], DenseIndex]]]:
-    """(name, loader) for every part, loaded only when its turn comes."""
-    parts: list[tuple[str, Callable[[], DenseIndex]]] = []
-    for source in sources:
+def index_parts(sources: Sequence[Source], mmap: bool) -> list[Part]:
+    """Every part of `sources` in order, loaded only when its turn comes; their models checked to agree."""
+    parts: list[Part] = []
+    for source in (named for source in sources for named in _index_folders_of(source)):
         if isinstance(source, DenseIndex):
-            parts.append((source.info.embeddings or "an index", functools.partial(lambda index: index, source)))
+            parts.append(Part(source.info.embeddings or "an index", functools.partial(lambda index: index, source),
+                              0, source.faiss_index.ntotal, source.info.model, in_memory=True))
         elif is_index_folder(source):
-            parts.append((str(source), functools.partial(load_index, source, mmap)))
+            info = read_info(source)
+            parts.append(Part(str(source), functools.partial(load_index, source, mmap), 0, info.ntotal, info.model))
         else:
-            parts.extend((str(shard.path), functools.partial(index_shards, [shard], progress=False))
+            parts.extend(Part(str(shard.path), functools.partial(index_shards, [shard], progress=False), 0,
+                              pq.read_metadata(shard.path).num_rows, shard.manifest.model if shard.manifest else "")
                          for shard in find_shards(str(source)))
-    return parts
+    models = dict.fromkeys(part.model for part in parts if part.model)
+    if len(models) > 1:
+        first, other = list(models)[:2]
+        named = next(part.name for part in parts if part.model == other)
+        raise RaytevError(f"{named} was encoded with {other}, earlier parts with {first}: search parts of one "
+                          "encoding together.")
+    offsets = np.cumsum([0] + [part.size for part in parts]).tolist()
+    return [dataclasses.replace(part, offset=offset) for part, offset in zip(parts, offsets)]
+
+
+def _index_folders_of(source: Source) -> list[Source]:
+    """A glob naming saved index folders as the folders (in name order); any other source as itself."""
+    if isinstance(source, DenseIndex) or not any(char in str(source) for char in "*?["):
+        return [source]
+    matches = sorted(glob.glob(os.path.expanduser(str(source))))
+    return matches if matches and all(is_index_folder(match) for match in matches) else [source]
 
 
 def _checked_queries(query_vectors: np.ndarray) -> np.ndarray:
@@ -205,17 +270,6 @@ def _checked_queries(query_vectors: np.ndarray) -> np.ndarray:
     if queries.ndim != 2:
         raise RaytevError(f"query vectors must be a [queries, dim] array, got shape {queries.shape}.")
     return queries
-
-
-def _checked_part(part: DenseIndex, name: str, dim: int, model: str) -> str:
-    """The model of the parts so far, after checking that `part` fits the queries and the parts before it."""
-    if part.faiss_index.d != dim:
-        raise RaytevError(f"{name} holds {part.faiss_index.d}-dimensional vectors but the queries have {dim}: "
-                          "encode the queries with the model that encoded the passages.")
-    if model and part.info.model and part.info.model != model:
-        raise RaytevError(f"{name} was encoded with {part.info.model}, earlier parts with {model}: search parts "
-                          "of one encoding together.")
-    return model or part.info.model
 
 
 def exact_flat_search(index: DenseIndex, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:

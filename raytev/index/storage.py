@@ -67,6 +67,11 @@ def load_index(folder: str | os.PathLike, mmap: bool = False) -> DenseIndex:
     return DenseIndex(index, ids, info)
 
 
+def read_info(folder: str | os.PathLike) -> IndexInfo:
+    """The IndexInfo of a saved index (its index.json), without loading the index."""
+    return _read_info(Path(folder) / INFO_FILE)
+
+
 def read_flags(spec: str, folder: Path) -> int:
     """The FAISS read flag that maps an index of `spec` without copying it (see the module's docstring)."""
     if "IVF" in spec or "IMI" in spec:  # index_factory names every inverted-file index with one of the two

@@ -72,8 +72,8 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
     depth = depth or config.retrieval.depth
     query_ids, query_vectors = load_embeddings(str(query_dir))
     retrieval = dataclasses.replace(config.retrieval, depth=depth)
-    lines = write_searched_run(run_path, query_ids, query_vectors, corpus_dir if retrieval.shard_search else built,
-                               retrieval)
+    in_parts = retrieval.shard_search or retrieval.search_workers  # the shards, not the whole index built above
+    lines = write_searched_run(run_path, query_ids, query_vectors, corpus_dir if in_parts else built, retrieval)
     seconds = time.perf_counter() - started
     finished(stages, "search", seconds, f"{len(query_ids):,} queries x depth {depth}, "
                                         f"{len(query_ids) / max(seconds, 1e-9):.0f} queries/s, {lines:,} lines")
