@@ -1,0 +1,76 @@
+"""Recall@10 against queries per second for Flat, IVF-Flat, IVF-PQ and HNSW on the same corpus (1.6M by default).
+
+The corpus and queries are search_scale.py's: unit vectors around 1,000 fixed random centres (dim 32), the queries
+drawn the same way. Each index is built by raytev (`build_index`, IVF lists sized by IVFauto: 8,192 at 1.6M,
+trained on the documented sample) and searched by raytev's `search` for 10 hits, all queries in one batch; QPS is
+the best of two searches, recall@10 the share of Flat's (exact) top 10 found.
+
+    python benchmarks/ann_tradeoff.py [--passages 1600000] [--queries 2000] [--work /tmp/ann]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+from search_scale import DIM, clustered_unit_vectors, write_vectors  # noqa: E402
+
+INDEXES = {  # spec -> the search settings swept (one row each)
+    "Flat": [""],
+    "IVFauto,Flat": ["nprobe=8", "nprobe=32", "nprobe=128"],
+    "IVFauto,PQ16": ["nprobe=8", "nprobe=32", "nprobe=128"],
+    "HNSW32": ["efSearch=16", "efSearch=64", "efSearch=256"],
+}
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true top 10 among the 10 found."""
+    return float(np.mean([len(set(row) & set(expected)) / 10 for row, expected in zip(found, truth)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--passages", type=int, default=1_600_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ann"))
+    parser.add_argument("--name", default="ann_tradeoff")
+    args = parser.parse_args()
+
+    from raytev.index.build import build_index
+    from raytev.index.search import search
+
+    centres = np.random.default_rng(0).standard_normal((1000, DIM))
+    embeddings = write_vectors(args.work / "passages", clustered_unit_vectors(args.passages, 1, centres), "passages",
+                               "d")
+    queries = clustered_unit_vectors(args.queries, 2, centres)
+    rows, truth = [], None
+    for spec, settings in INDEXES.items():
+        started = time.perf_counter()
+        index = build_index(str(embeddings), spec, progress=False)
+        built = time.perf_counter() - started
+        for parameters in settings:
+            timings = []
+            for _ in range(2):
+                started = time.perf_counter()
+                _, docids = search(index, queries, 10, -1, parameters)
+                timings.append(time.perf_counter() - started)
+            truth = docids if truth is None else truth  # Flat comes first: the exact top 10
+            rows.append({"index": index.info.spec, "search": parameters or "exact", "build_seconds": round(built, 1),
+                         "qps": round(args.queries / min(timings), 1), "recall_at_10": round(recall_at_10(docids, truth), 4)})
+            print(f"{rows[-1]['index']:<14} {rows[-1]['search']:<13} build {built:7.1f} s  {rows[-1]['qps']:>10,.1f} "
+                  f"queries/s  recall@10 {rows[-1]['recall_at_10']:.4f}", flush=True)
+        del index
+    shutil.rmtree(args.work / "passages")
+    settings = {"passages": args.passages, "queries": args.queries, "dim": DIM, "depth": 10}
+    print(f"-> {write_result(args.name, {'settings': settings, 'results': rows})}")
+
+
+if __name__ == "__main__":
+    main()
