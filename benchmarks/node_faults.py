@@ -1,4 +1,4 @@
-"""A lost worker node during training and during encoding, on a two-node Ray cluster on this machine.
+"""A lost worker node during training, encoding and search, on a two-node Ray cluster on this machine.
 
 Both nodes run on 127.0.0.1, each a `ray start --block` of its own (its own raylet, ports and resources): a head
 (1 CPU, resource "head") and a worker (2 CPUs, resource "worker"). The Train worker (--cpus_per_worker 2) and the
@@ -10,6 +10,8 @@ workers: a machine lost), then a fresh worker node joins, as an autoscaler or an
     checkpoint and end at the uninterrupted run's step count, with its weights.
 (b) `raytev encode`: the killed run must finish in the same call with every id exactly once and the uninterrupted
     run's vectors; the output folder is under /tmp, which both nodes see (same machine).
+(c) `raytev search --search_workers 2 --search_cpus_per_task 2` over flat embedding shards: the run must be byte
+    for byte the one-process run (`--shard_search`), uninterrupted and with the worker node killed mid-search.
 
 Recorded: steps, the step restored from, seconds from the kill to training stepping again (and to the next shard
 written), ids lost and duplicated, wall times against uninterrupted runs. Every process started here is found by a
@@ -325,15 +327,69 @@ def encode_faults(cluster: Cluster, work: Path, worker: str, passages: int, rows
     return result, worker
 
 
+def search_faults(cluster: Cluster, work: Path, worker: str, passages: int, queries: int) -> tuple[dict, str]:
+    """(c): `raytev search --search_workers 2` over flat shards, against one process; then the same search with the
+    worker node killed once a task has written rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from search_scale import SHARD_ROWS, clustered_unit_vectors, write_vectors
+
+    centres = np.random.default_rng(0).standard_normal((1000, 32))
+    corpus = write_vectors(work / "search-passages", clustered_unit_vectors(passages, 1, centres), "passages", "d")
+    asked = write_vectors(work / "search-queries", clustered_unit_vectors(queries, 2, centres), "queries", "q")
+    common = dict(query_reps=asked, passage_reps=corpus, depth=100, batch_size=500)
+    print(f"(c) search, one process ({passages:,} passages in {-(-passages // SHARD_ROWS)} shards, {queries:,} "
+          "queries) ...", flush=True)
+    baseline_s = Driver(cluster, "search-one", raytev("search", save_ranking_to=work / "search-one" / "run.txt",
+                                                      shard_search=True, **common)).wait()
+    # Tasks of 2 CPUs fit only on the worker node: it searches both parts, one after the other.
+    on_ray = dict(search_workers=2, search_cpus_per_task=2, **common)
+    print(f"    {baseline_s:.1f} s; on 2 Ray tasks, uninterrupted ...", flush=True)
+    ray_env = {"RAY_ADDRESS": cluster.address}
+    cluster.env.update(ray_env)
+    try:
+        ray_s = Driver(cluster, "search-ray", raytev("search", save_ranking_to=work / "search-ray" / "run.txt",
+                                                     **on_ray)).wait()
+        print(f"    {ray_s:.1f} s; on 2 Ray tasks, worker node killed once a task has written rows ...", flush=True)
+        out = work / "search-killed"
+        run = Driver(cluster, "search-killed", raytev("search", save_ranking_to=out / "run.txt", **on_ray))
+        while run.process.poll() is None and not any(path.stat().st_size for path in
+                                                     out.glob("raytev-search-*/task-*/scores.f32")):
+            time.sleep(0.02)
+        killed_at, killed = kill_worker_node(worker)
+        print(f"    killed the worker node ({len(killed)} processes: {', '.join(killed)})", flush=True)
+        worker = cluster.start_node("worker-4", head=False)
+        wall_s = run.wait()
+    finally:
+        for name in ray_env:
+            cluster.env.pop(name)
+    reference = (work / "search-one" / "run.txt").read_bytes()
+    lines = [line.split()[0] for line in (out / "run.txt").read_text().splitlines()]
+    counts = Counter(lines)
+    result = {
+        "passages": passages, "queries": queries, "depth": 100,
+        "ray_run_identical_to_one_process": (work / "search-ray" / "run.txt").read_bytes() == reference,
+        "killed_run_identical_to_one_process": (out / "run.txt").read_bytes() == reference,
+        "queries_lost": queries - len(counts), "queries_with_other_than_100_lines": sum(1 for c in counts.values()
+                                                                                       if c != 100),
+        "processes_killed": killed, "other_files_in_output": sorted(path.name for path in out.iterdir()
+                                                                    if path.name != "run.txt"),
+        "wall_s": round(wall_s, 1), "uninterrupted_ray_wall_s": round(ray_s, 1),
+        "one_process_wall_s": round(baseline_s, 1), "seconds_from_kill_to_end": round(time.monotonic() - killed_at, 1),
+    }
+    return result, worker
+
+
 def main() -> None:
-    """Run (a) and (b) on a fresh two-node cluster; print and save the figures."""
+    """Run (a), (b) and (c) on a fresh two-node cluster; print and save the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "nodefaults")
     parser.add_argument("--max_steps", type=int, default=30)
     parser.add_argument("--save_steps", type=int, default=5)
     parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--rows_per_shard", type=int, default=100)
-    parser.add_argument("--only", choices=("train", "encode"), default=None)
+    parser.add_argument("--search_passages", type=int, default=400_000)
+    parser.add_argument("--search_queries", type=int, default=20_000)
+    parser.add_argument("--only", choices=("train", "encode", "search"), default=None)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -354,6 +410,11 @@ def main() -> None:
             results["encode"], worker = encode_faults(cluster, args.work, worker, args.passages,
                                                       args.rows_per_shard)
             print(json.dumps(results["encode"], indent=1), flush=True)
+            cluster.wait_for_workers(1)
+        if args.only in (None, "search"):
+            results["search"], worker = search_faults(cluster, args.work, worker, args.search_passages,
+                                                      args.search_queries)
+            print(json.dumps(results["search"], indent=1), flush=True)
     finally:
         cluster.stop()
         left = [marker for marker in cluster.markers if processes_marked(marker)]

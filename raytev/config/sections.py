@@ -299,5 +299,7 @@ class RetrievalSection(Options):
     search_workers: int = option(0, "Ray tasks that search the index parts at once (embedding shards, or saved "
                                     "index folders named by a glob), each a share of the parts, merged into the "
                                     "ranking one process gives; 0 searches in this process.", at_least=0)
+    search_cpus_per_task: float = option(1, "CPUs each --search_workers task reserves; FAISS searches with that many "
+                                            "threads.", at_least=0)
     search_parameters: str = option("", "FAISS search settings for ANN indexes, e.g. nprobe=32 (IVF) or efSearch=128 "
                                         "(HNSW); unset, FAISS's defaults (nprobe 1, efSearch 16) apply.")

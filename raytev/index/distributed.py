@@ -35,10 +35,11 @@ def rank_on_ray(workers: int, cpus_per_task: float = 1) -> RankGroups:
                               "in this process's memory.")
         connect()
         task = ray.remote(num_cpus=cpus_per_task, max_retries=TASK_RETRIES)(rank_group)
+        threads = max(1, int(cpus_per_task))
         queries_ref = ray.put(queries)
         groups = [group.tolist() for group in np.array_split(np.arange(len(parts)), min(workers, len(parts)))]
         pending = {task.remote(scratch, [parts[number] for number in group], queries_ref, depth, batches,
-                               search_parameters): group for group in groups}
+                               search_parameters, threads): group for group in groups}
         done = {}
         with progress_bar(total=len(parts), desc=f"searching ({len(groups)} Ray tasks)", unit="part") as bar:
             while pending:
@@ -53,7 +54,11 @@ def rank_on_ray(workers: int, cpus_per_task: float = 1) -> RankGroups:
 
 
 def rank_group(scratch: Path, parts: list[Part], queries: np.ndarray, depth: int, batches: list[slice],
-               search_parameters: str) -> tuple[Path, list[pa.Array]]:
-    """One task: `parts` searched into a fresh folder under `scratch`; (the folder, the parts' ids)."""
+               search_parameters: str, threads: int) -> tuple[Path, list[pa.Array]]:
+    """One task: `parts` searched into a fresh folder under `scratch` with `threads` FAISS threads (its share of
+    the node, not all of it); (the folder, the parts' ids)."""
+    from raytev.index.faiss_setup import faiss
+
+    faiss.omp_set_num_threads(threads)
     folder = scratch / f"task-{uuid.uuid4().hex[:12]}"
     return folder, rank_into(folder, parts, queries, depth, batches, search_parameters)

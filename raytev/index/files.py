@@ -95,7 +95,7 @@ def write_searched_run(path: str | os.PathLike, query_ids: np.ndarray, query_vec
     path.parent.mkdir(parents=True, exist_ok=True)
     batches = ranked_batches(sources, query_vectors, retrieval.depth, retrieval.batch_size,
                              retrieval.search_parameters, scratch_dir=path.parent,
-                             rank_groups=rank_on_ray(workers) if workers else None)
+                             rank_groups=rank_on_ray(workers, retrieval.search_cpus_per_task) if workers else None)
     with contextlib.closing(batches):  # a failed write ends the search (and its progress bar) at once
         return write_run_batches(path, ((query_ids[start:start + len(scores)], scores, docids)
                                         for start, scores, docids in batches), format)
