@@ -10,6 +10,7 @@ from raytev.encoding.embeddings import (
     EmbeddingsWriter,
     check_shared_folder,
     find_shards,
+    load_compact,
     load_embeddings,
     read_manifest,
     read_tevatron_pickle,
@@ -36,6 +37,8 @@ def test_shards_round_trip_in_order(tmp_path):
     assert ids.tolist() == ["a", "b", "c"]
     assert np.array_equal(loaded, np.concatenate([vectors(2, 0), vectors(1, 1)]))
     assert read_manifest(tmp_path / "emb").count == 3 and not list((tmp_path / "emb").glob(".*tmp"))
+    compact_ids, compact = load_compact(str(tmp_path / "emb"))  # what searches hold: Arrow ids, one array
+    assert compact_ids.to_pylist() == ["a", "b", "c"] and np.array_equal(compact, loaded)
 
 
 def test_shards_written_by_other_processes_are_recorded_only_when_this_one_sees_them(tmp_path):

@@ -227,7 +227,8 @@ def write_run(path: str | os.PathLike, query_ids: Sequence[str], scores: np.ndar
     return write_run_batches(path, [(query_ids, scores, docids)], format, tag)
 
 
-def write_run_batches(path: str | os.PathLike, batches: Iterable[tuple[Sequence[str], np.ndarray, np.ndarray]],
+def write_run_batches(path: str | os.PathLike,
+                      batches: Iterable[tuple[Sequence[str] | pa.Array, np.ndarray, np.ndarray]],
                       format: str = "tevatron", tag: str = "raytev") -> int:
     """Write each (query ids, scores, docids) batch of ranked hits as it comes; return the lines written.
 
@@ -245,7 +246,8 @@ def write_run_batches(path: str | os.PathLike, batches: Iterable[tuple[Sequence[
     with staged_file(path) as temporary, \
             (gzip.open if path.suffix == ".gz" else open)(temporary, "wb") as handle:
         for batch_query_ids, scores, docids in batches:
-            query_ids = pa.array([str(query_id) for query_id in batch_query_ids], pa.string())
+            query_ids = batch_query_ids.cast(pa.string()) if isinstance(batch_query_ids, pa.Array) \
+                else pa.array([str(query_id) for query_id in batch_query_ids], pa.string())
             if not len(query_ids) == len(scores) == len(docids):
                 raise ValueError(f"{len(query_ids)} query ids for {len(scores)} score rows and {len(docids)} docid "
                                  "rows")

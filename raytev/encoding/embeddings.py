@@ -249,6 +249,22 @@ def load_embeddings(location: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([ids for ids, _ in parts]), np.concatenate([vectors for _, vectors in parts])
 
 
+def load_compact(location: str) -> tuple[pa.Array, np.ndarray]:
+    """All ids (one Arrow string array) and vectors at `location`, read shard by shard into one preallocated array:
+    no Python object per id and no second copy of the vectors (what a search holds for its queries)."""
+    shards = find_shards(location)
+    counts = [pq.read_metadata(shard.path).num_rows for shard in shards]
+    vectors = np.empty((sum(counts), shards[0].dim if shards else 0), dtype=np.float32)
+    ids, row = [], 0
+    for shard, count in zip(shards, counts):
+        table = pq.read_table(shard.path, memory_map=True)
+        vectors[row:row + count] = table.column("embedding").combine_chunks().flatten().to_numpy(
+            zero_copy_only=False).reshape(count, -1)
+        ids.append(table.column("id").combine_chunks().cast(pa.string()))
+        row += count
+    return (pa.concat_arrays(ids) if ids else pa.array([], pa.string())), vectors
+
+
 def write_tevatron_pickle(path: str | os.PathLike, vectors: np.ndarray, ids: list[str]) -> None:
     """Tevatron's `(reps, ids)` pickle, for scripts that expect it (written via a temporary name)."""
     with staged_file(path) as temporary, open(temporary, "wb") as handle:

@@ -8,15 +8,17 @@ import glob
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from raytev.config.sections import RetrievalSection
 from raytev.config.stages import IndexConfig, SearchConfig
 from raytev.data.runs import read_run, write_run_batches
-from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_embeddings, read_tevatron_pickle
+from raytev.encoding.embeddings import EmbeddingsManifest, EmbeddingsWriter, load_compact, read_tevatron_pickle
 from raytev.errors import ProblemLog
 from raytev.index.build import build_index
 from raytev.index.dense_index import IndexInfo
@@ -77,14 +79,15 @@ def search_files(config: SearchConfig) -> SearchResult:
         if config.input_format == "tevatron-pickle":
             query_reps = pickles_as_shards(query_reps, Path(scratch) / "queries", "queries")
             passage_reps = pickles_as_shards(passage_reps, Path(scratch) / "passages", "passages")
-        query_ids, query_vectors = load_embeddings(query_reps)
+        query_ids, query_vectors = load_compact(query_reps)
         lines = write_searched_run(config.save_ranking_to, query_ids, query_vectors, passage_reps, config.retrieval,
                                    config.format)
     return SearchResult(Path(config.save_ranking_to), lines, config.retrieval.depth, config.format,
                         time.perf_counter() - started, len(query_ids))
 
 
-def write_searched_run(path: str | os.PathLike, query_ids: np.ndarray, query_vectors: np.ndarray, passages: Source,
+def write_searched_run(path: str | os.PathLike, query_ids: Sequence[str] | pa.Array, query_vectors: np.ndarray,
+                       passages: Source,
                        retrieval: RetrievalSection, format: str = "tevatron") -> int:
     """Search `passages` (embeddings, or an index) for every query and write each batch's lines as it is ranked;
     return the lines written. --shard_search takes embedding shards one at a time and --search_workers shares the

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from raytev.config.fields import substage
 from raytev.config.stages import EncodeConfig, MineConfig, PipelineConfig
-from raytev.encoding.embeddings import load_embeddings
+from raytev.encoding.embeddings import load_compact
 from raytev.encoding.encoder import encode
 from raytev.index.build import build_index
 from raytev.index.files import write_searched_run
@@ -70,7 +70,7 @@ def retrieve(config: MineConfig | PipelineConfig, model: ResolvedModel, output_d
 
     started = time.perf_counter()
     depth = depth or config.retrieval.depth
-    query_ids, query_vectors = load_embeddings(str(query_dir))
+    query_ids, query_vectors = load_compact(str(query_dir))
     retrieval = dataclasses.replace(config.retrieval, depth=depth)
     in_parts = retrieval.shard_search or retrieval.search_workers  # the shards, not the whole index built above
     lines = write_searched_run(run_path, query_ids, query_vectors, corpus_dir if in_parts else built, retrieval)
