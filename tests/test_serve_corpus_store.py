@@ -29,6 +29,7 @@ def as_dict(path) -> dict[str, tuple[str, str]]:
 
 def test_the_store_answers_what_a_dict_of_the_corpus_answered(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "BATCH_ROWS", 7)  # small batches: lookups and the build cross many of them
+    monkeypatch.setattr(store_module, "KEY_STRIDE", 3)  # blocks of 3 rows, a short one at each batch's end
     rng = random.Random(0)
     records = []
     for number in range(400):  # ~300 distinct docids: many given twice or more, the last record must win

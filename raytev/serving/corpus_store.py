@@ -5,9 +5,9 @@ The file is Arrow IPC (Feather v2), uncompressed, so a value lies at a file posi
 reader holds no corpus-sized structure (each batch's first docid and where its columns lie), and the pages it reads
 stay in the page cache, shared by the processes of a node, and out of its RSS. (A memory map counted them in every
 reader's RSS: a fault maps a whole page-cache folio, up to a MiB, so ~10k random lookups made a 1.6M-passage
-ingress's RSS 2.99 GB over 0.13 GB of its own.) A docid is found by binary search, first over the batches' first
-docids, then inside one batch over its sorted docid column (UTF-8 bytes, the order Arrow sorts strings in): two reads
-a probe, ~30 for a lookup in a batch of 16,384 rows, microseconds each from the page cache.
+ingress's RSS 2.99 GB over 0.13 GB of its own.) A docid is found by binary search over every KEY_STRIDE-th docid,
+held in memory (1/64 of the docids: ~25k keys for 1.6M passages), then inside that block of rows, read in two reads
+(its offsets and its docid bytes: UTF-8, the order Arrow sorts strings in); its title and text take two reads each.
 
 Built once per corpus (the name says which files, their sizes and modification times), complete or absent: the
 records are read and validated as raytev reads any corpus, written in reading order to a scratch Arrow stream,
@@ -39,6 +39,7 @@ from raytev.staging import staged_file
 STORE_FORMAT = 1
 SCHEMA = pa.schema([("docid", pa.large_string()), ("title", pa.large_string()), ("text", pa.large_string())])
 BATCH_ROWS = 16384  # rows per batch of the store and of its scratch file: what building it holds of the texts
+KEY_STRIDE = 64  # every 64th docid of each batch is held in memory: a lookup reads one block of 64 docids
 
 
 def corpus_files(corpus: str) -> tuple[Path, ...]:
@@ -145,7 +146,12 @@ class CorpusStore:
                      column.buffers()[2].address - base if column.buffers()[2] is not None else 0)
                     for column in batch.columns]))
         self._fd = os.open(self.path, os.O_RDONLY)
-        self._firsts = [self._value(number, 0, 0) for number in range(len(self._layout))]
+        self._keys: list[bytes] = []  # every KEY_STRIDE-th docid, in order, and the (batch, row) where its block starts
+        self._blocks: list[tuple[int, int]] = []
+        for number, (rows, _) in enumerate(self._layout):
+            for row in range(0, rows, KEY_STRIDE):
+                self._blocks.append((number, row))
+            self._keys.extend(self._docids(number, 0, rows)[::KEY_STRIDE])
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)
@@ -170,11 +176,20 @@ class CorpusStore:
         start, end = struct.unpack("<qq", os.pread(self._fd, 16, offsets + 8 * row))
         return os.pread(self._fd, end - start, data + start) if end > start else b""
 
+    def _docids(self, number: int, low: int, high: int) -> list[bytes]:
+        """The docids of rows low..high-1 of a batch (two reads: their offsets, then their bytes)."""
+        offsets, data = self._layout[number][1][0]
+        bounds = np.frombuffer(os.pread(self._fd, 8 * (high - low + 1), offsets + 8 * low), dtype="<i8")
+        text = os.pread(self._fd, int(bounds[-1] - bounds[0]), data + int(bounds[0])) if high > low else b""
+        cuts = (bounds - bounds[0]).tolist()
+        return [text[start:end] for start, end in zip(cuts[:-1], cuts[1:])]
+
     def _find(self, key: bytes) -> tuple[int, int] | None:
         """(batch, row) of the docid `key`, or None."""
-        number = bisect.bisect_right(self._firsts, key) - 1
-        if number < 0:
+        block = bisect.bisect_right(self._keys, key) - 1
+        if block < 0:
             return None
-        rows = range(self._layout[number][0])
-        row = bisect.bisect_left(rows, key, key=lambda row: self._value(number, 0, row))
-        return (number, row) if row < len(rows) and self._value(number, 0, row) == key else None
+        number, first = self._blocks[block]
+        docids = self._docids(number, first, min(first + KEY_STRIDE, self._layout[number][0]))
+        row = bisect.bisect_left(docids, key)
+        return (number, first + row) if row < len(docids) and docids[row] == key else None
