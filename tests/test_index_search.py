@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_index_build import brute_force, write_embeddings
 
 from raytev.errors import RaytevError
 from raytev.index.build import build_index
 from raytev.index.search import search, shard_search
 from raytev.index.storage import save_index
-from test_index_build import brute_force, write_embeddings
 
 
 def test_shard_search_equals_one_flat_index_exactly(tmp_path):
