@@ -420,7 +420,8 @@ def main() -> None:
         left = [marker for marker in cluster.markers if processes_marked(marker)]
         print(f"cleaned up ({'processes left: ' + ', '.join(left) if left else 'no process left'})", flush=True)
     results["total_s"] = round(time.monotonic() - started, 1)
-    print(f"results: {write_result('node_faults', results)}")
+    name = "node_faults" if args.only is None else f"node_faults_{args.only}"  # one scenario keeps the others' file
+    print(f"results: {write_result(name, results)}")
 
 
 if __name__ == "__main__":
