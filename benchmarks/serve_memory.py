@@ -11,7 +11,9 @@ with `git archive`). Once /info answers and the command has printed its banner, 
 with titles and texts) are sent, the answers of the two runs are compared, and every Serve replica process (the
 command's descendants titled ray::ServeReplica:<app>:<deployment>) is read from /proc: RSS, peak RSS, its own
 (anonymous) memory, resident pages of mapped files, shared memory, PSS and USS. Mapped pages count in RSS but
-belong to the page cache: shared by every process mapping them and reclaimable.
+belong to the page cache: shared by every process mapping them and reclaimable. /proc/<pid>/smaps splits each
+replica's mapped pages by file: the index, the corpus store (raytev's cache), the corpus file, shared libraries
+(.so files) and any other file, so a replica's RSS reads as its own memory + libraries + data pages.
 
     python benchmarks/serve_memory.py --before 50ca84e [--rows 1600000] [--work /tmp/serve-memory]
 """
@@ -107,6 +109,27 @@ def replica_processes(command_pid: int) -> dict[str, int]:
             for name, pids in sorted(found.items()) for number, pid in enumerate(sorted(pids), start=1)}
 
 
+def mapped_pages(pid: int, places: dict[str, Path]) -> dict[str, int] | None:
+    """Resident bytes of the files process `pid` maps, by kind: a name of `places` (files under that path), libraries
+    (.so files), other files; None where /proc/<pid>/smaps cannot be read."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    totals = dict.fromkeys([*places, "libraries", "other files"], 0)
+    kind = None
+    for line in lines:
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header: address range ... [pathname]
+            path = fields[5] if len(fields) > 5 and fields[5].startswith("/") else None
+            kind = None if path is None else next(
+                (name for name, place in places.items() if path.startswith(str(place))),
+                "libraries" if ".so" in Path(path).name else "other files")
+        elif fields[0] == "Rss:" and kind is not None:
+            totals[kind] += int(fields[1]) << 10
+    return totals
+
+
 def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float) -> float:
     """Seconds until /info answers and the command has printed its banner (deploy returned); raises on exit."""
     import requests
@@ -163,7 +186,9 @@ def measure(label: str, checkout: Path, paths: dict, work: Path, queries: np.nda
             reply.raise_for_status()
             answers.extend(reply.json()["results"])
         time.sleep(2)
-        memory = {name: asdict(process_memory(pid)) for name, pid in replica_processes(process.pid).items()}
+        places = {"index": paths["index"], "corpus store": work / "cache", "corpus file": paths["corpus"]}
+        memory = {name: {**asdict(process_memory(pid)), "mapped": mapped_pages(pid, places)}
+                  for name, pid in replica_processes(process.pid).items()}
         driver = asdict(process_memory(process.pid))
     finally:
         stop_service(process)
@@ -216,6 +241,11 @@ def main() -> None:
     answers = [run.pop("answers") for run in runs.values()]
     same = all(answer == answers[0] for answer in answers)
     print_table(runs)
+    for label, run in runs.items():
+        for name, memory in run["replicas"].items():
+            if memory.get("mapped"):
+                parts = ", ".join(f"{kind} {size / MIB:,.0f}" for kind, size in memory["mapped"].items())
+                print(f"{label:<10} {name:<15} mapped MiB: {parts}")
     print(f"start (command to serving): before {runs['before']['start_seconds']} s, after "
           f"{runs['after']['start_seconds']} s; the same answers (docids, scores, titles, texts): {same}")
     for line in runs["after"]["printed_by_raytev_serve"]:
