@@ -5,13 +5,14 @@ Two data sets, each with its queries drawn the same way as its corpus:
       test model's width). The clusters are far apart, so inverted lists find a query's neighbours easily.
   --data mixture: search.py's embedding-like set (dim 384 by default): a 1,000-centre gaussian mixture with its
       noise in a shared 32-dim subspace: far harder for ANN (search.py at 1M: HNSW32 recall@10 0.917).
-IVF-PQ uses 16 sub-quantizers at dim 32 (2 dims each) and 48 at 384 (8 dims each, as search.py).
+IVF-PQ uses 16 sub-quantizers at dim 32 (2 dims each) and 48 at 384 (8 dims each, as search.py); its `,RFlat` form
+(FAISS's IndexRefineFlat) keeps the vectors too and rescores k_factor_rf x 10 PQ candidates exactly.
 Each index is built by raytev (`build_index`, IVF lists sized by IVFauto: 8,192 at 1.6M,
 trained on the documented sample) and searched by raytev's `search` for 10 hits, all queries in one batch; QPS is
 the best of two searches, recall@10 the share of Flat's (exact) top 10 found.
 
     python benchmarks/ann_tradeoff.py [--data clustered|mixture] [--dim 384] [--passages 1600000] [--queries 2000]
-        [--work /tmp/ann] [--name ann_tradeoff]
+        [--work /tmp/ann] [--name ann_tradeoff] [--indexes SPEC ...]   (Flat, the truth, is always run)
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ NPROBES = ["nprobe=8", "nprobe=32", "nprobe=128"]
 
 def indexes(dim: int) -> dict[str, list[str]]:
     """spec -> the search settings swept (one row each); Flat first, the exact answer the others are scored by."""
-    return {"Flat": [""], "IVFauto,Flat": NPROBES, f"IVFauto,PQ{16 if dim == 32 else 48}": NPROBES,
+    pq = f"IVFauto,PQ{16 if dim == 32 else 48}"
+    return {"Flat": [""], "IVFauto,Flat": NPROBES, pq: NPROBES,
+            f"{pq},RFlat": ["nprobe=32,k_factor_rf=4", "nprobe=32,k_factor_rf=16"],  # PQ's candidates rescored exactly
             "HNSW32": ["efSearch=16", "efSearch=64", "efSearch=256"]}
 
 
@@ -62,6 +65,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ann"))
     parser.add_argument("--name", default="ann_tradeoff")
+    parser.add_argument("--indexes", nargs="+", help="only these specs of the sweep (as written there) after Flat")
     args = parser.parse_args()
 
     from raytev.index.build import build_index
@@ -70,6 +74,8 @@ def main() -> None:
     embeddings, queries, dim = corpus_and_queries(args)
     rows, truth = [], None
     for spec, settings in indexes(dim).items():
+        if args.indexes and spec != "Flat" and spec not in args.indexes:
+            continue
         started = time.perf_counter()
         index = build_index(str(embeddings), spec, progress=False)
         built = time.perf_counter() - started
