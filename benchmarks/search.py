@@ -103,7 +103,8 @@ def measure(job: dict) -> dict:
     return {"spec": job["spec"], "build_parameters": job["build"], "search_parameters": job["search"],
             "build_seconds": index.info.build_seconds, "training_vectors": index.info.training_vectors,
             "search_seconds": round(seconds, 3), "qps": round(len(queries) / seconds, 1),
-            "index_bytes": (folder / "index.faiss").stat().st_size, "ids_bytes": (folder / "ids.parquet").stat().st_size,
+            "index_bytes": (folder / "index.faiss").stat().st_size,
+            "ids_bytes": (folder / "ids.parquet").stat().st_size,
             "rss_growth_bytes": rss_built - rss_before, "peak_rss_growth_bytes": peak - rss_before,
             "docids": docids.tolist()}
 

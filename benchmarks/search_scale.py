@@ -85,14 +85,16 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     results = [measure(size, args.work) for size in args.sizes]
-    print(f"\n{'passages':>10} {'queries':>8}  {'streamed GB':>11} {'x per 4x':>8}  {'held GB':>8} {'x per 4x':>8}  same run")
+    print(f"\n{'passages':>10} {'queries':>8}  {'streamed GB':>11} {'x per 4x':>8}  {'held GB':>8} {'x per 4x':>8}  "
+          "same run")
     for before, row in zip([None, *results], results):
         growth = {name: f"{row[name]['peak_rss_gb'] / before[name]['peak_rss_gb']:.2f}" if before else "-"
                   for name in ("streamed", "held")}
         print(f"{row['passages']:>10,} {row['queries']:>8,}  {row['streamed']['peak_rss_gb']:>11.2f} "
               f"{growth['streamed']:>8}  {row['held']['peak_rss_gb']:>8.2f} {growth['held']:>8}  "
               f"{row['identical_runs']}")
-    print(f"-> {write_result(args.name, {'settings': {'dim': DIM, 'spec': SPEC, 'depth': 100, 'nprobe': 16}, 'results': results})}")
+    settings = {"dim": DIM, "spec": SPEC, "depth": 100, "nprobe": 16}
+    print(f"-> {write_result(args.name, {'settings': settings, 'results': results})}")
 
 
 if __name__ == "__main__":

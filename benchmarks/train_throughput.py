@@ -49,7 +49,8 @@ def scifact_triplets(group_size: int) -> list[dict]:
     rows = []
     for group in prepared.queries.read(["query_id", "positive_docids", "negative_docids"]).to_pylist():
         row = {"anchor": queries[group["query_id"]], "positive": texts[group["positive_docids"][0]]}
-        row.update({f"negative_{i + 1}": texts[docid] for i, docid in enumerate(group["negative_docids"][:group_size - 1])})
+        negatives = group["negative_docids"][:group_size - 1]
+        row.update({f"negative_{i + 1}": texts[docid] for i, docid in enumerate(negatives)})
         rows.append(row)
     return rows
 
@@ -78,7 +79,8 @@ def peer_throughput(rows: list[dict], args) -> float:
             output_dir=output, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=2e-5,
             warmup_ratio=0.1, bf16=args.precision == "bf16", use_cpu=True, save_strategy="no", report_to=[],
             logging_steps=args.steps, dataloader_drop_last=True, seed=42)
-        trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=datasets.Dataset.from_list(rows),
+        trainer = SentenceTransformerTrainer(model=model, args=training_args,
+                                             train_dataset=datasets.Dataset.from_list(rows),
                                              loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
                                              callbacks=[StepEnds()])
         trainer.train()
