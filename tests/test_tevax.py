@@ -107,7 +107,10 @@ def test_loss_and_gradients_equal_the_torch_dense_models(tmp_path, untied):
         for name, value in encoder_tensors(side_grads, {}).items():
             expected = dict(torch_model.named_parameters())[f"{prefix}.{name}"].grad
             expected = np.zeros_like(value) if expected is None else expected.numpy()
-            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-6, err_msg=f"{prefix}.{name}")
+            # fp32 sums in another order (XLA vs oneDNN): an entry near 0 of a tensor whose entries reach ~2 (the
+            # token-type gradient sums over every token) differs by ~2e-6 on AMD EPYC, so atol follows the scale.
+            atol = max(1e-6, 1e-5 * float(np.abs(expected).max(initial=0.0)))
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=atol, err_msg=f"{prefix}.{name}")
             compared += bool(np.abs(expected).max() > 1e-6)
     assert compared >= 20  # most parameters got a real gradient: the comparison is not vacuous
 
