@@ -5,7 +5,8 @@ Two data sets, each with its queries drawn the same way as its corpus:
       test model's width). The clusters are far apart, so inverted lists find a query's neighbours easily.
   --data mixture: search.py's embedding-like set (dim 384 by default): a 1,000-centre gaussian mixture with its
       noise in a shared 32-dim subspace: far harder for ANN (search.py at 1M: HNSW32 recall@10 0.917).
-IVF-PQ uses 16 sub-quantizers at dim 32 (2 dims each) and 48 at 384 (8 dims each, as search.py); its `,RFlat` form
+IVF-PQ takes each set's own script's codes: PQ16 for clustered (search_scale.py's spec, 2 dims each), search.py's
+rule for mixture (48 sub-quantizers at 384, 8 dims each); its `,RFlat` form
 (FAISS's IndexRefineFlat) keeps the vectors too and rescores k_factor_rf x 10 PQ candidates exactly.
 Each index is built by raytev (`build_index`, IVF lists sized by IVFauto: 8,192 at 1.6M,
 trained on the documented sample) and searched by raytev's `search` for 10 hits, all queries in one batch; QPS is
@@ -27,29 +28,29 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
-from search_scale import DIM, clustered_unit_vectors, write_vectors  # noqa: E402
+from search_scale import DIM, SPEC, clustered_unit_vectors, write_vectors  # noqa: E402
 
 NPROBES = ["nprobe=8", "nprobe=32", "nprobe=128"]
 
 
-def indexes(dim: int) -> dict[str, list[str]]:
+def indexes(pq_codes: str) -> dict[str, list[str]]:
     """spec -> the search settings swept (one row each); Flat first, the exact answer the others are scored by."""
-    pq = f"IVFauto,PQ{16 if dim == 32 else 48}"
+    pq = f"IVFauto,{pq_codes}"
     return {"Flat": [""], "IVFauto,Flat": NPROBES, pq: NPROBES,
             f"{pq},RFlat": ["nprobe=32,k_factor_rf=4", "nprobe=32,k_factor_rf=16"],  # PQ's candidates rescored exactly
             "HNSW32": ["efSearch=16", "efSearch=64", "efSearch=256"]}
 
 
-def corpus_and_queries(args: argparse.Namespace) -> tuple[Path, np.ndarray, int]:
-    """(embeddings folder, query vectors, dim) of the chosen data set, written under args.work."""
+def corpus_and_queries(args: argparse.Namespace) -> tuple[Path, np.ndarray, int, str]:
+    """(embeddings folder, query vectors, dim, PQ codes) of the chosen data set, written under args.work."""
     folder = args.work / "passages"
     if args.data == "mixture":
-        from search import synthetic
+        from search import pq_codes, synthetic
 
-        return folder, synthetic(folder, args.passages, args.queries, args.dim), args.dim
+        return folder, synthetic(folder, args.passages, args.queries, args.dim), args.dim, pq_codes(args.dim)
     centres = np.random.default_rng(0).standard_normal((1000, DIM))
     embeddings = write_vectors(folder, clustered_unit_vectors(args.passages, 1, centres), "passages", "d")
-    return embeddings, clustered_unit_vectors(args.queries, 2, centres), DIM
+    return embeddings, clustered_unit_vectors(args.queries, 2, centres), DIM, SPEC.split(",")[1]
 
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
@@ -71,9 +72,9 @@ def main() -> None:
     from raytev.index.build import build_index
     from raytev.index.search import search
 
-    embeddings, queries, dim = corpus_and_queries(args)
+    embeddings, queries, dim, pq_codes = corpus_and_queries(args)
     rows, truth = [], None
-    for spec, settings in indexes(dim).items():
+    for spec, settings in indexes(pq_codes).items():
         if args.indexes and spec != "Flat" and spec not in args.indexes:
             continue
         started = time.perf_counter()

@@ -48,10 +48,16 @@ SUBSPACE = 32
 SHARD_ROWS = 100_000
 
 
+def pq_codes(dim: int) -> str:
+    """The PQ part of the IVF-PQ spec for `dim`: 48 sub-quantizers where they divide it (8 dims each at 384), else
+    one per 8 dims."""
+    return f"PQ{48 if dim % 48 == 0 else dim // 8}"
+
+
 def ivf_pq(rows: int, dim: int) -> tuple[str, str, str]:
     """(spec, build parameters, search parameters) of the IVF-PQ index for a corpus of `rows` x `dim`."""
     nlist = min(1024, 1 << max(0, (rows // 64).bit_length() - 1))
-    return f"IVF{nlist},PQ{48 if dim % 48 == 0 else dim // 8}", "", "nprobe=16"
+    return f"IVF{nlist},{pq_codes(dim)}", "", "nprobe=16"
 
 
 def synthetic(folder: Path, rows: int, queries: int, dim: int = 384, seed: int = 0) -> np.ndarray:
